@@ -1,0 +1,3 @@
+from tipsomaly_lite.cli import main
+
+raise SystemExit(main())
