@@ -210,20 +210,31 @@ def load_tips_files(vision: str | os.PathLike, text: str | os.PathLike, tokenize
     return model.to(device)
 
 
-def _cached_variant_files(variant: Variant, download: bool) -> dict[str, Path]:
-    from tipsomaly_lite.download import cache_dir
-    from tipsomaly_lite.download import download as fetch
+def fetch_variant(name: str, download: bool = True) -> dict[str, Path]:
+    """Paths of a registry variant's vision npz, text npz and tokenizer in the cache.
 
+    Missing files are downloaded from the TIPS bucket (resumable, atomic, with a progress bar)
+    into ``$TIPSOMALY_HOME/tips/<bucket path>`` unless ``download`` is False.
+
+    Raises:
+        KeyError: unknown variant.
+        FileNotFoundError: a file is missing and ``download`` is False.
+        tipsomaly_lite.download.DownloadError: the bucket cannot be reached.
+    """
+    from tipsomaly_lite.download import cache_dir, download as fetch
+
+    if name not in VARIANTS:
+        raise KeyError(f"unknown TIPS variant {name!r}; expected one of {sorted(VARIANTS)}")
     root = cache_dir() / "tips"
     paths = {}
-    for role, rel in variant.files.items():
+    for role, rel in VARIANTS[name].files.items():
         dest = root / rel
         if not dest.is_file():
             if not download:
                 raise FileNotFoundError(
-                    f"TIPS {variant.name}: {role} file not in the cache ({dest}); run "
-                    f"`python data_scripts/fetch_tips.py {variant.name}` or load_tips(..., download=True)")
-            fetch(BUCKET + rel, dest, desc=f"TIPS {variant.name} {role}")
+                    f"TIPS {name}: {role} file not in the cache ({dest}); run "
+                    f"`python data_scripts/fetch_tips.py {name}` or load_tips(..., download=True)")
+            fetch(BUCKET + rel, dest, desc=f"TIPS {name} {role}")
         paths[role] = dest
     return paths
 
@@ -231,7 +242,7 @@ def _cached_variant_files(variant: Variant, download: bool) -> dict[str, Path]:
 def variant_is_cached(name: str) -> bool:
     """True when every file of a registry variant is already in the cache (no network)."""
     try:
-        _cached_variant_files(VARIANTS[name], download=False)
+        fetch_variant(name, download=False)
         return True
     except FileNotFoundError:
         return False
@@ -264,7 +275,7 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
         try:
             tok = Path(hf_hub_download(target, "tokenizer.model", cache_dir=hub_cache))
         except EntryNotFoundError:
-            tok = _cached_variant_files(VARIANTS["v2-b14"], download=True)["tokenizer"]
+            tok = fetch_variant("v2-b14")["tokenizer"]
     if not weights.is_file():
         raise FileNotFoundError(f"{spec}: no model.safetensors in {weights.parent}")
     if not tok.is_file():
@@ -318,7 +329,7 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
     from tipsomaly_lite.download import DownloadError
 
     try:
-        files = _cached_variant_files(VARIANTS[name], download=download)
+        files = fetch_variant(name, download=download)
     except (FileNotFoundError, DownloadError):
         if not fallback_to_tiny:
             raise

@@ -1,0 +1,67 @@
+"""The main job (``make demo``) and the command line, offline."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from tipsomaly_lite.cli import main
+from tipsomaly_lite.demo import DEMO_SAMPLES, run_demo, similarity_maps
+from tipsomaly_lite.offline import MeaninglessResultsWarning
+from tipsomaly_lite.tips import load_tips
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MeaninglessResultsWarning)
+        return load_tips("tiny")
+
+
+def test_similarity_maps_are_patch_text_cosines(tiny):
+    images = torch.rand(2, 3, 56, 84)
+    maps = similarity_maps(tiny, images, ["a", "b c"])
+    assert maps.shape == (2, 2, 4, 6)
+    _, _, patches = tiny.encode_image(images, normalize=True)
+    text = tiny.encode_text(["a", "b c"], normalize=True)
+    torch.testing.assert_close(maps[1, 0].flatten(), patches[1] @ text[0])
+
+
+def test_run_demo_writes_the_figure(tiny, tmp_path):
+    result = run_demo(tmp_path, model=tiny, size=112)
+    assert result.offline
+    assert result.probabilities.shape == (len(DEMO_SAMPLES), 2)
+    torch.testing.assert_close(result.probabilities.sum(-1), torch.ones(len(DEMO_SAMPLES)))
+    assert result.maps.shape == (len(DEMO_SAMPLES), 2, 8, 8)
+    with Image.open(result.figure) as im:
+        assert im.size[0] > 300 and im.size[1] > 300
+
+
+def test_cli_demo_falls_back_to_tiny_and_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["demo", "--out", str(tmp_path), "--size", "112"]) == 0
+    out = capsys.readouterr().out
+    assert "similarity_maps.png" in out and "meaningless" in out
+    assert (tmp_path / "similarity_maps.png").is_file()
+
+
+def test_cli_fetch_reports_unknown_variant():
+    with pytest.raises(KeyError, match="unknown TIPS variant"):
+        main(["fetch", "nonsense"])
+
+
+def test_fetch_script_lists_variants(capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "data_scripts" / "fetch_tips.py"
+    monkeypatch.setattr(sys, "argv", [script.name, "--list"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "l14-hr" in capsys.readouterr().out

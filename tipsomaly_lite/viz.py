@@ -1,0 +1,101 @@
+"""A small figure vocabulary shared by the demo, the CLI and the notebooks; style is set once here.
+
+Taught in notebooks/02_spatial_alignment.ipynb.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib import pyplot as plt
+from torch import Tensor
+
+STYLE = {"figure.dpi": 100, "axes.titlesize": 9, "font.size": 9, "image.interpolation": "nearest"}
+MAP_CMAP = "jet"
+
+
+def set_style() -> None:
+    """Apply the house plotting style (called by every figure helper)."""
+    matplotlib.rcParams.update(STYLE)
+
+
+def _to_hwc(image: Tensor | np.ndarray) -> np.ndarray:
+    """``(3,H,W)`` tensor in [0,1] or ``(H,W,3)`` array -> ``(H,W,3)`` float array for imshow."""
+    if isinstance(image, Tensor):
+        image = image.detach().float().cpu().numpy()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.transpose(1, 2, 0)
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image / 255.0
+    return np.clip(image.squeeze(), 0, 1)
+
+
+def show_images(images: Sequence[Tensor | np.ndarray], titles: Sequence[str] | None = None,
+                ncols: int = 4, size: float = 2.4) -> plt.Figure:
+    """A grid of images ``(3,H,W)`` in [0,1] (or ``(H,W,3)`` arrays) with optional titles."""
+    set_style()
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(_to_hwc(images[i]), cmap="gray")
+            if titles:
+                ax.set_title(titles[i])
+    fig.tight_layout()
+    return fig
+
+
+def upsample_map(values: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, gh, gw)`` patch values -> ``(B, H, W)`` by bilinear upsampling (align_corners False)."""
+    return torch.nn.functional.interpolate(values[:, None].float(), size=size, mode="bilinear",
+                                           align_corners=False)[:, 0]
+
+
+def plot_similarity_maps(images: Tensor, maps: Tensor, prompts: Sequence[str], row_titles: Sequence[str],
+                         suptitle: str = "", size: float = 2.4) -> plt.Figure:
+    """Each image beside its patch-text similarity map for every prompt.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [0, 1].
+        maps: ``(B, P, H, W)`` cosine similarities, one map per prompt (already upsampled).
+        prompts: ``P`` prompt texts (column titles).
+        row_titles: ``B`` titles for the image column.
+    """
+    set_style()
+    b, p = maps.shape[:2]
+    fig, axes = plt.subplots(b, p + 1, figsize=(size * (p + 1), size * b), squeeze=False)
+    for i in range(b):
+        axes[i, 0].imshow(_to_hwc(images[i]))
+        axes[i, 0].set_title(row_titles[i])
+        for j in range(p):
+            m = maps[i, j].detach().cpu().numpy()
+            im = axes[i, j + 1].imshow(m, cmap=MAP_CMAP)
+            axes[i, j + 1].set_title(f"cos(patch, text)\n'{prompts[j]}'" if i == 0 else "")
+            fig.colorbar(im, ax=axes[i, j + 1], fraction=0.046, pad=0.02)
+        for ax in axes[i]:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, color="red" if "MEANINGLESS" in suptitle else "black")
+    fig.tight_layout()
+    return fig
+
+
+def overlay_anomaly_map(image: Tensor | np.ndarray, anomaly_map: Tensor | np.ndarray, ax=None,
+                        alpha: float = 0.5, title: str = "") -> plt.Axes:
+    """Draw ``anomaly_map (H, W)`` over ``image (3, H, W)`` on ``ax`` (a new figure when None)."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(_to_hwc(image))
+    m = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, Tensor) else np.asarray(anomaly_map)
+    ax.imshow(m, cmap=MAP_CMAP, alpha=alpha)
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
