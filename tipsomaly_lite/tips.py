@@ -308,7 +308,8 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
             offline model (with its warning) instead of raising.
         device: where the model lives.
 
-    ``TIPSOMALY_OFFLINE=1`` turns any registry/hub name into ``"tiny"``.
+    ``TIPSOMALY_OFFLINE=1`` turns any registry name or hub id into ``"tiny"`` (explicit files and
+    local ``hf:`` folders still load as asked).
     """
     if vision is not None or text is not None:
         if vision is None or text is None or tokenizer is None:
@@ -316,16 +317,17 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
         return load_tips_files(vision, text, tokenizer, num_heads=num_heads, image_size=image_size,
                                device=device)
     name = name or DEFAULT_VARIANT
-    if name != "tiny" and offline.offline_forced():
-        name = "tiny"
+    is_local = name.startswith("hf:") and Path(name[3:]).is_dir()
+    if name not in VARIANTS and name != "tiny" and not name.startswith("hf:"):
+        raise KeyError(f"unknown TIPS variant {name!r}; expected one of {sorted(VARIANTS)}, 'tiny' or 'hf:<repo>'")
+    if name != "tiny" and not is_local and offline.offline_forced():
+        name = "tiny"  # only what would need the network is replaced; local files still load
     if name == "tiny":
         offline.warn_meaningless()
         v, t, tok = offline.tiny_files()
         return load_tips_files(v, t, tok, variant="tiny", image_size=image_size, is_offline=True, device=device)
     if name.startswith("hf:"):
         return _load_hf(name, num_heads=num_heads, image_size=image_size, device=device, download=download)
-    if name not in VARIANTS:
-        raise KeyError(f"unknown TIPS variant {name!r}; expected one of {sorted(VARIANTS)}, 'tiny' or 'hf:<repo>'")
     from tipsomaly_lite.download import DownloadError
 
     try:

@@ -1,0 +1,189 @@
+"""Tests for tipsomaly_lite.download against a local HTTP server (no internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import re
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tipsomaly_lite.download import DownloadError, cache_dir, download, sha256_file
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files``; honours ``Range`` unless ``server.ignore_range``.
+
+    ``server.drop_after`` (bytes) makes the next response announce the full length, send only
+    that many bytes and close the connection, as a flaky host would; with ``server.stall``
+    (seconds) it first goes silent for that long, so the client times out.
+    """
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append(dict(self.headers))
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404, "not found")
+            return
+        start = 0
+        range_header = self.headers.get("Range")
+        if range_header and not srv.ignore_range:
+            start = int(re.match(r"bytes=(\d+)-", range_header).group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.drop_after is not None:
+            cut, srv.drop_after = srv.drop_after, None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            if srv.stall:  # keep the socket open but silent, as a hung host does
+                time.sleep(srv.stall)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    srv.files = {"/data.bin": PAYLOAD}
+    srv.requests = []
+    srv.ignore_range = False
+    srv.drop_after = None
+    srv.stall = 0.0
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def test_full_download_with_checksum(server, tmp_path):
+    dest = download(server.url + "/data.bin", tmp_path / "sub" / "data.bin", sha256=PAYLOAD_SHA,
+                    progress=False, chunk_size=4096)
+    assert dest.read_bytes() == PAYLOAD
+    assert not (tmp_path / "sub" / "data.bin.part").exists()
+    assert sha256_file(dest) == PAYLOAD_SHA
+
+
+def test_checksum_mismatch_keeps_bad_file_aside(server, tmp_path):
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError) as info:
+        download(server.url + "/data.bin", dest, sha256="0" * 64, progress=False)
+    msg = str(info.value)
+    assert server.url + "/data.bin" in msg and "0" * 64 in msg and PAYLOAD_SHA in msg
+    assert not dest.exists()
+    assert (tmp_path / "data.bin.bad").read_bytes() == PAYLOAD
+    assert not (tmp_path / "data.bin.part").exists()
+
+
+def test_interrupted_download_resumes_with_range(server, tmp_path):
+    dest = tmp_path / "data.bin"
+    server.drop_after = 100_000
+    with pytest.raises(DownloadError) as info:
+        download(server.url + "/data.bin", dest, sha256=PAYLOAD_SHA, progress=False,
+                 chunk_size=8192, timeout=5)
+    assert "resume" in str(info.value) and str(dest) in str(info.value)
+    part = tmp_path / "data.bin.part"
+    assert part.exists() and not dest.exists()
+    kept = part.stat().st_size
+    assert 0 < kept <= 100_000
+    assert PAYLOAD.startswith(part.read_bytes())
+
+    download(server.url + "/data.bin", dest, sha256=PAYLOAD_SHA, progress=False, timeout=5)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests[-1].get("Range") == f"bytes={kept}-"
+    assert not part.exists()
+
+
+def test_read_timeout_keeps_part(server, tmp_path):
+    server.drop_after, server.stall = 50_000, 1.0
+    with pytest.raises(DownloadError, match="interrupted"):
+        download(server.url + "/data.bin", tmp_path / "data.bin", progress=False, timeout=0.2,
+                 chunk_size=4096)
+    assert PAYLOAD.startswith((tmp_path / "data.bin.part").read_bytes())
+    assert (tmp_path / "data.bin.part").stat().st_size > 0
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    server.ignore_range = True
+    part = tmp_path / "data.bin.part"
+    part.write_bytes(b"garbage that is not the start of the payload")
+    dest = download(server.url + "/data.bin", tmp_path / "data.bin", sha256=PAYLOAD_SHA,
+                    progress=False)
+    assert "Range" in server.requests[-1]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_complete_part_file_answered_416_is_finished(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD)
+    dest = download(server.url + "/data.bin", tmp_path / "data.bin", sha256=PAYLOAD_SHA,
+                    progress=False)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_404_names_the_url(server, tmp_path):
+    with pytest.raises(DownloadError, match=re.escape(server.url + "/missing.bin")) as info:
+        download(server.url + "/missing.bin", tmp_path / "m.bin", progress=False)
+    assert "404" in str(info.value) and "by hand" in str(info.value)
+    assert not (tmp_path / "m.bin").exists()
+
+
+def test_unreachable_host(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there any more: connection refused
+    url = f"http://127.0.0.1:{port}/x.bin"
+    with pytest.raises(DownloadError, match=re.escape(url)):
+        download(url, tmp_path / "x.bin", progress=False, timeout=5)
+
+
+def test_existing_dest_short_circuits(server, tmp_path):
+    dest = tmp_path / "data.bin"
+    dest.write_bytes(PAYLOAD)
+    assert download(server.url + "/data.bin", dest, sha256=PAYLOAD_SHA, progress=False) == dest
+    assert download("http://127.0.0.1:9/never", dest, progress=False) == dest
+    assert server.requests == []
+
+
+def test_existing_dest_with_wrong_checksum_is_replaced(server, tmp_path):
+    dest = tmp_path / "data.bin"
+    dest.write_bytes(b"stale")
+    with pytest.warns(UserWarning, match="data.bin.bad"):
+        download(server.url + "/data.bin", dest, sha256=PAYLOAD_SHA, progress=False)
+    assert dest.read_bytes() == PAYLOAD
+    assert (tmp_path / "data.bin.bad").read_bytes() == b"stale"
+
+
+def test_cache_dir_respects_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIPSOMALY_HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home"
+    assert (tmp_path / "home").is_dir()
+    monkeypatch.delenv("TIPSOMALY_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert cache_dir() == tmp_path / "user" / ".cache" / "tipsomaly_lite"
