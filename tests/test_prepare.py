@@ -341,3 +341,33 @@ def test_prepare_script_reports_errors(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["visa", "--source", str(tmp_path / "nowhere"), "--data-root", str(tmp_path)]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_download_from_a_real_http_server_end_to_end(tmp_path, monkeypatch):
+    """The real path: HTTP download with checksum, safe extraction, preparation."""
+    import functools
+    import http.server
+    import threading
+
+    from tipsomaly_lite.download import sha256_file as digest
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = _zip_tree(nf.fake_ksdd(tmp_path / "native"), served / "KolektorSDD.zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/KolektorSDD.zip"
+        local = dataclasses.replace(prepare.DATASETS["sdd"], url=url, sha256=digest(archive))
+        monkeypatch.setitem(prepare.DATASETS, "sdd", local)
+        monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
+        raw = prepare.download_dataset("sdd", tmp_path / "data", progress=False)
+    finally:
+        server.shutdown()
+    assert (tmp_path / "data" / "downloads" / "KolektorSDD.zip").read_bytes() == archive.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fake data: counts differ from the paper's
+        out = prepare.prepare_dataset("sdd", raw, tmp_path / "data", verbose=False)
+    assert (out / "meta.json").is_file()

@@ -31,6 +31,7 @@ from tipsomaly_lite.datasets import (
     list_images, write_meta,
 )
 from tipsomaly_lite.download import DownloadError, download, sha256_file
+from tipsomaly_lite.offline import offline_forced
 
 __all__ = [
     "DatasetSource", "DATASETS", "KSDD_CLASS", "KSDD_TEST_SIZE", "KSDD_RANDOM_STATE",
@@ -220,7 +221,7 @@ def download_dataset(key: str, data_root: str | os.PathLike, *, archive: str | o
         print(instructions(key))
         return None
     else:
-        if os.environ.get("TIPSOMALY_OFFLINE") == "1":
+        if offline_forced():
             raise DownloadError(f"TIPSOMALY_OFFLINE=1 is set, so {src.url} is not downloaded. "
                                 f"Unset it, or fetch the file by hand and pass --archive.")
         archive = download(src.url, data_root / "downloads" / src.archive_name, sha256=src.sha256,
