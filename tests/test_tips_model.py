@@ -215,3 +215,9 @@ def test_unreachable_bucket_gives_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(tips_module, "BUCKET", "http://127.0.0.1:9/")
     with pytest.raises(DownloadError, match="127.0.0.1:9"):
         load_tips("s14-hr")
+
+
+def test_cutting_trailing_padding_is_exact(tiny):
+    ids, padding = tiny.tokenizer(["a bad photo of a damaged bottle.", "carpet"])
+    full = tiny.text.encode_embeddings(tiny.text.embed_tokens(ids), padding)  # all 64 positions
+    torch.testing.assert_close(tiny.text(ids, padding), full, atol=1e-6, rtol=1e-5)
