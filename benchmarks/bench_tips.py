@@ -66,6 +66,8 @@ from pathlib import Path
 
 import torch
 
+from tipsomaly_lite.reference import random_reference
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
@@ -87,41 +89,19 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def make_config(family: str, depth: int | None):
-    from transformers import Tipsv2Config
+    from tipsomaly_lite.reference import reference_config
 
     _, width, vdepth, heads, tdepth, tmlp = FAMILIES[family]
-    return Tipsv2Config(
-        vision_config=dict(hidden_size=width, num_hidden_layers=depth or vdepth, num_attention_heads=heads,
-                           image_size=448),
-        text_config=dict(hidden_size=width, num_hidden_layers=depth or tdepth, num_attention_heads=heads,
-                         intermediate_size=tmlp, vocab_size=32000))
-
-
-def make_reference(config, seed: int):
-    """A transformers ``Tipsv2Model`` with every parameter random (as the equivalence tests do)."""
-    from transformers import Tipsv2Model
-
-    torch.manual_seed(seed)
-    model = Tipsv2Model(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name == "temperature":
-                p.fill_(0.005)
-            elif "norm" in name and name.endswith("weight") or "lambda1" in name:
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.05 * torch.randn_like(p))
-    return model.requires_grad_(False)
+    return reference_config(width, depth or vdepth, heads, text_depth=depth or tdepth, text_mlp=tmlp)
 
 
 def write_weights(ref, folder: Path) -> dict[str, str]:
     """npz pair + tokenizer for ours, config + state dict for theirs; returns the file paths."""
-    from tipsomaly_lite.checkpoints import hf_to_npz_names, write_npz
     from tipsomaly_lite.offline import train_tiny_tokenizer
+    from tipsomaly_lite.reference import write_reference_npz
 
-    vision, text = hf_to_npz_names({k: v.numpy() for k, v in ref.state_dict().items()})
-    files = {"vision": write_npz(folder / "v.npz", vision), "text": write_npz(folder / "t.npz", text),
-             "tokenizer": train_tiny_tokenizer(folder / "tok.model"),
+    vision, text = write_reference_npz(ref, folder)
+    files = {"vision": vision, "text": text, "tokenizer": train_tiny_tokenizer(folder / "tok.model"),
              "ref_config": folder / "ref_config.json", "ref_state": folder / "ref_state.pt"}
     ref.config.to_json_file(str(files["ref_config"]))
     torch.save(ref.state_dict(), files["ref_state"])
@@ -345,7 +325,7 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
         log(f"\n== {name}, {dname}, {device}: building the random reference and writing npz files ...")
         t0 = time.perf_counter()
         config = make_config(family, args.depth)
-        ref32 = make_reference(config, args.seed)
+        ref32 = random_reference(config, args.seed)
         files = write_weights(ref32, Path(tmp))
         ours = load_ours(files, device)
         ref32 = ref32.to(device)

@@ -17,11 +17,12 @@ import posixpath
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 
 from tqdm.auto import tqdm
+
+from tipsomaly_lite.atomic import atomic_folder
 
 __all__ = ["ArchiveError", "extract_archive"]
 
@@ -198,11 +199,9 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, *,
     if target.exists():
         raise FileExistsError(f"Extraction target {target} already exists; delete it to "
                               "extract again.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
     try:
-        with tqdm(desc=f"extract {archive.name}", unit=" files", disable=not progress,
-                  leave=False) as bar:
+        with atomic_folder(target, "extracting") as tmp, \
+                tqdm(desc=f"extract {archive.name}", unit=" files", disable=not progress, leave=False) as bar:
             if zipfile.is_zipfile(archive):
                 _extract_zip(archive, tmp, bar)
             elif tarfile.is_tarfile(archive):
@@ -210,13 +209,7 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike, *,
             else:
                 raise ArchiveError(f"{archive}: neither a tar nor a zip archive (expected "
                                    ".tar, .tar.gz, .tar.xz or .zip).")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an extracted dataset should not be
-        os.replace(tmp, target)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError, zlib.error) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ArchiveError(f"{archive}: the archive is damaged or truncated ({err}); download "
                            "it again.") from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

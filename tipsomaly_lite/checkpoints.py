@@ -4,21 +4,20 @@ The official PyTorch checkpoints are two flat ``.npz`` files per variant (vision
 names are the PyTorch ``state_dict`` names of the original code. Our towers use the same
 names, so loading is a validated ``load_state_dict``. The HuggingFace ``google/tipsv2-*``
 safetensors use transformers' names; :func:`hf_to_npz_names` maps them onto ours.
-
-Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from tipsomaly_lite.atomic import atomic_file
 
 PATCH_SIZE = 14
 TEXT_MAX_LEN = 64
@@ -305,15 +304,8 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write arrays to ``path`` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tipsomaly_lite.atomic import atomic_file
 from tipsomaly_lite.preprocess import resize_image, to_float_rgb
 
 __all__ = [
@@ -155,17 +155,11 @@ def write_meta(root: str | os.PathLike, meta: dict[str, Any]) -> pathlib.Path:
     Returns:
         Path of the written file.
     """
-    root = pathlib.Path(root)
-    fd, tmp = tempfile.mkstemp(prefix=".meta.json.", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, root / "meta.json")
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return root / "meta.json"
+    path = pathlib.Path(root) / "meta.json"
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return path
 
 
 def build_meta_from_mvtec_layout(root: str | os.PathLike) -> dict[str, Any]:

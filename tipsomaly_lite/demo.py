@@ -4,8 +4,6 @@ Loads TIPS (real weights when they are in the cache, else the tiny offline model
 warning), draws a few toy images with and without defects, and writes one PNG: each image
 beside the cosine similarity of its patches to a "normal" and a "damaged" prompt, titled with
 the image-level probabilities from the first CLS token.
-
-Taught in notebooks/02_spatial_alignment.ipynb.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tipsomaly_lite.tips import TIPS, l2_normalize, load_tips
+from tipsomaly_lite.tips import TIPS, load_tips
 from tipsomaly_lite.toy_data import render_sample
 from tipsomaly_lite.viz import plot_similarity_maps, upsample_map
 

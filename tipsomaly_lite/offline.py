@@ -6,20 +6,18 @@ layout and loaded by the same loader as the real checkpoints, so the offline mod
 the real code path.
 
 ``TIPSOMALY_OFFLINE=1`` forces it: ``load_tips("l14-hr")`` then returns the tiny model.
-
-Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from tipsomaly_lite.atomic import atomic_file
 from tipsomaly_lite.checkpoints import Architecture, text_layout, vision_layout, write_npz
 
 OFFLINE_ENV = "TIPSOMALY_OFFLINE"
@@ -83,10 +81,8 @@ def train_tiny_tokenizer(path: str | os.PathLike, vocab_size: int = TINY_VOCAB, 
         sentence_iterator=iter(_corpus(seed)), model_writer=buffer, vocab_size=vocab_size,
         model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, hard_vocab_limit=False,
         num_threads=1, seed_sentencepiece_size=10000, minloglevel=2, character_coverage=1.0)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_file(path) as fh:
         fh.write(buffer.getvalue())
-    os.replace(tmp, path)
     return path
 
 

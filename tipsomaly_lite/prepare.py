@@ -18,7 +18,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 import warnings
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from tipsomaly_lite.archives import extract_archive
+from tipsomaly_lite.atomic import atomic_folder
 from tipsomaly_lite.datasets import (
     DATASET_KEYS, DatasetError, _mask_array, _open, build_meta_from_mvtec_layout, class_word,
     list_images, write_meta,
@@ -617,9 +617,7 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to "
                               "prepare it again.")
-    data_root.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.preparing-", dir=data_root))
-    try:
+    with atomic_folder(out, "preparing") as tmp:
         writer = _TreeWriter(tmp, link=link)
         info = _PREPARERS[key](source, writer, protocol=protocol)
         meta = writer.sorted_meta()
@@ -631,17 +629,6 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
                 "class_words": {c: class_word(key, c) for c in counts}}
         write_meta(tmp, meta)
         (tmp / "protocol.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if out.exists():
-            old = data_root / f".{key}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if verbose:
         _print_counts(key, counts, show_published=key != "dagm" or protocol in (None, "official"))
     if check_counts:

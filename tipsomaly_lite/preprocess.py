@@ -2,8 +2,6 @@
 
 TIPS uses no mean/std normalisation and squashes (no crop) to the input size. Grey images are
 repeated to three channels, alpha is dropped, 16-bit images are divided by 65535.
-
-Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@
     model = load_tips(vision="v.npz", text="t.npz", tokenizer="tokenizer.model")
     model = load_tips("hf:google/tipsv2-b14")         # HuggingFace hub safetensors
     model = load_tips("tiny")                         # offline: random weights, meaningless outputs
-
-Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@
 Lower-cased text -> SentencePiece ids (no BOS/EOS, padded with 0 / cut to 64) -> embeddings
 scaled by sqrt(D) plus fixed sinusoidal positions -> pre-LN transformer blocks with padded
 keys masked -> ``ln_final`` -> mean over the real (non-padded) positions. No projection.
-
-Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 Parameter names equal the official npz names (``blocks.3.attn.qkv.weight`` ...), so a
 checkpoint loads with a plain, strict ``load_state_dict``.
-
-Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
@@ -105,7 +103,7 @@ def resize_pos_embed(pos_embed: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     Bilinear with antialias, to the exact target grid (no scale-factor offset), in fp32; the
     CLS entry is kept as it is. Returns ``(1, 1+gh*gw, D)`` in the input dtype.
 
-    Taught in notebooks/01_loading_tips.ipynb (448 -> 518 px is a 32 -> 37 grid).
+    448 -> 518 px is a 32 -> 37 grid, as in the Tipsomaly paper.
     """
     n = pos_embed.shape[1] - 1
     g = int(round(n ** 0.5))

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tipsomaly_lite.atomic import atomic_folder
 from tipsomaly_lite.datasets import build_meta_from_mvtec_layout, write_meta
 
 __all__ = [
@@ -322,9 +321,7 @@ def make_toy_dataset(root: str | os.PathLike, *, seed: int = DEFAULT_SEED,
             raise FileExistsError(f"{root} exists and is not a toy dataset made with {config}; "
                                   "pass overwrite=True (or --overwrite) to replace it.")
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-    try:
+    with atomic_folder(root) as tmp:
         for cls in classes:
             c = TOY_CLASSES.index(cls)
             for split, good_dir, count in ((0, "train/good", n_train), (1, "test/good", n_normal)):
@@ -345,15 +342,4 @@ def make_toy_dataset(root: str | os.PathLike, *, seed: int = DEFAULT_SEED,
         (tmp / "README.txt").write_text(README_TEXT)
         (tmp / "toy_config.json").write_text(json.dumps(config, indent=1) + "\n")
         write_meta(tmp, build_meta_from_mvtec_layout(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a dataset folder should not be
-        if root.exists():
-            old = root.with_name(f".{root.name}.old-{os.getpid()}")
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

@@ -1,6 +1,4 @@
 """A small figure vocabulary shared by the demo, the CLI and the notebooks; style is set once here.
-
-Taught in notebooks/02_spatial_alignment.ipynb.
 """
 
 from __future__ import annotations

@@ -1,0 +1,23 @@
+"""The benchmark scripts still run (a smoke run on a tiny configuration; timings are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_tips_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_tips.py"), "--quick", "--depth", "1", "--sizes", "56",
+           "--batches", "1", "--prompts", "4", "--repeats", "1", "--no-memory", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "speed ratio" in done.stdout
+    rows = json.loads(out.read_text())
+    rows = rows["results"]
+    assert {r["task"] for r in rows} == {"vision", "text"}
+    assert all(r["speed_ratio"] > 0 for r in rows)
