@@ -185,3 +185,17 @@ def test_written_npz_is_a_plain_zip_of_npy(tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert all(n.endswith(".npy") for n in zf.namelist())
     assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_no_code_path_unpickles_downloaded_files():
+    """Every np.load in the package passes allow_pickle=False; nothing calls pickle or torch.load."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "tipsomaly_lite"
+    for path in package.glob("*.py"):
+        source = path.read_text()
+        for call in re.findall(r"np\.load\([^)]*\)", source):
+            assert "allow_pickle=False" in call, f"{path.name}: {call}"
+        assert "allow_pickle=True" not in source, path.name
+        assert not re.search(r"\bpickle\.loads?\(|torch\.load\(", source), path.name

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import pyplot as plt
 
+from tipsomaly_lite.atomic import atomic_file
 from tipsomaly_lite.tips import TIPS, load_tips
 from tipsomaly_lite.toy_data import render_sample
 from tipsomaly_lite.viz import plot_similarity_maps, upsample_map
@@ -83,13 +85,8 @@ def run_demo(out_dir: str | Path = "build/demo", variant: str = "l14-hr", size: 
         suptitle += "\nOFFLINE TINY RANDOM MODEL: MEANINGLESS"
     fig = plot_similarity_maps(images, upsample_map(maps_t.flatten(0, 1), (size, size)).view(len(images), 2, size, size),
                                [p.format("…") for p in PROMPTS], row_titles, suptitle=suptitle)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "similarity_maps.png"
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-    import matplotlib.pyplot as plt
-
+    path = Path(out_dir) / "similarity_maps.png"
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
     return DemoResult(path, probs_t, maps_t, model.is_offline)
