@@ -221,3 +221,17 @@ def test_cutting_trailing_padding_is_exact(tiny):
     ids, padding = tiny.tokenizer(["a bad photo of a damaged bottle.", "carpet"])
     full = tiny.text.encode_embeddings(tiny.text.embed_tokens(ids), padding)  # all 64 positions
     torch.testing.assert_close(tiny.text(ids, padding), full, atol=1e-6, rtol=1e-5)
+
+
+def test_hub_route_offline_gives_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    from tipsomaly_lite.download import DownloadError
+
+    monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries
+    with pytest.raises(DownloadError, match="google/tipsv2-b14.*npz route"):
+        load_tips("hf:google/tipsv2-b14")
+    monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
+    with pytest.warns(MeaninglessResultsWarning):
+        assert load_tips("hf:google/tipsv2-b14").is_offline

@@ -248,7 +248,7 @@ def variant_is_cached(name: str) -> bool:
 
 def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device, download: bool) -> TIPS:
     """``hf:<repo id or local folder>``: a transformers-layout ``model.safetensors`` (+ config.json)."""
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     target = spec[3:]
     folder = Path(target)
@@ -280,9 +280,9 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
         raise FileNotFoundError(f"{spec}: no tokenizer.model in {tok.parent} (the TIPS SentencePiece model)")
     if num_heads is None and config.is_file():
         num_heads = json.loads(config.read_text()).get("vision_config", {}).get("num_attention_heads")
-    vision_arrays, text_arrays = hf_to_npz_names(load_file(str(weights)))
-    vision_arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vision_arrays.items()}
-    text_arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in text_arrays.items()}
+    # Through torch, not numpy: hub files may hold bf16, which numpy cannot represent.
+    state = {k: v.float().numpy() for k, v in load_file(str(weights)).items()}
+    vision_arrays, text_arrays = hf_to_npz_names(state)
     model = _build(vision_arrays, text_arrays, Tokenizer(tok), num_heads=num_heads, vision_name=str(weights),
                    text_name=str(weights), variant=spec, source=str(weights), image_size=image_size)
     return model.to(device)
