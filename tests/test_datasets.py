@@ -228,3 +228,11 @@ def test_write_meta_is_atomic(tmp_path):
     write_meta(tmp_path, meta)
     assert read_meta(tmp_path) == meta
     assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]
+
+
+def test_dataset_images_go_through_the_same_pipeline_as_tips_preprocess(mvtec_root):
+    from tipsomaly_lite.preprocess import preprocess
+
+    ds = AnomalyDataset(mvtec_root, image_size=56)
+    for i in (0, len(ds) - 1):
+        torch.testing.assert_close(ds[i]["image"], preprocess(ds[i]["path"], size=56)[0])

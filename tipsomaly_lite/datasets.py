@@ -271,7 +271,11 @@ def load_mask(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
     Returns:
         ``mask`` ``(1,S,S)`` float32 in {0,1}.
     """
-    binary = _mask_array(_open(pathlib.Path(path), "Mask"))
+    return _mask_tensor(_mask_array(_open(pathlib.Path(path), "Mask")), size)
+
+
+def _mask_tensor(binary: np.ndarray, size: int | None) -> torch.Tensor:
+    """Boolean ``(H,W)`` -> ``(1,S,S)`` float in {0,1}: bilinear on the 0/255 image, then > 0.5."""
     if size is not None and binary.shape != (size, size):
         resized = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
         binary = np.asarray(resized) > 127
@@ -357,10 +361,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         img_path = self.root / row["img_path"]
         pil = _open(img_path, "Image")
         width, height = pil.size
-        image = pil.convert("RGB")
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        image_t = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        image_t = resize_image(to_float_rgb(pil), self.image_size)
         if row["mask_path"]:
             mask_path = self.root / row["mask_path"]
             mask_pil = _open(mask_path, "Mask")
@@ -368,11 +369,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"Mask {mask_path} is {mask_pil.size[0]}x{mask_pil.size[1]} "
                                    f"but image {img_path} is {width}x{height} (width x height); "
                                    "they must match.")
-            binary = _mask_array(mask_pil)
-            if binary.shape != (self.image_size, self.image_size):
-                binary = np.asarray(Image.fromarray(binary.astype(np.uint8) * 255).resize(
-                    (self.image_size, self.image_size), Image.BILINEAR)) > 127
-            mask_t = torch.from_numpy(binary.astype(np.float32))[None]
+            mask_t = _mask_tensor(_mask_array(mask_pil), self.image_size)
         else:
             mask_t = torch.zeros(1, self.image_size, self.image_size)
         return {"image": image_t.contiguous(), "mask": mask_t, "label": int(row["anomaly"]),
