@@ -6,6 +6,8 @@ checkpoint loads with a plain, strict ``load_state_dict``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -106,7 +108,7 @@ def resize_pos_embed(pos_embed: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     448 -> 518 px is a 32 -> 37 grid, as in the Tipsomaly paper.
     """
     n = pos_embed.shape[1] - 1
-    g = int(round(n ** 0.5))
+    g = math.isqrt(int(n))
     if (g, g) == tuple(grid_hw):
         return pos_embed
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
