@@ -153,9 +153,10 @@ def test_tiny_files_are_deterministic(tmp_path):
 
 
 def test_tiny_warns_loudly():
-    with pytest.warns(MeaninglessResultsWarning, match="MEANINGLESS"):
+    with pytest.warns(MeaninglessResultsWarning, match="MEANINGLESS") as record:
         model = load_tips("tiny")
     assert model.is_offline
+    assert record[0].filename == __file__  # points at the user's line, not inside the package
 
 
 def test_offline_env_forces_tiny(monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -43,9 +44,13 @@ def offline_forced() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def warn_meaningless(stacklevel: int = 3) -> None:
-    """Emit the loud offline-mode warning."""
-    warnings.warn(MEANINGLESS, MeaninglessResultsWarning, stacklevel=stacklevel)
+def warn_meaningless() -> None:
+    """Emit the loud offline-mode warning, attributed to the first caller outside this package."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(MEANINGLESS, MeaninglessResultsWarning, stacklevel=level)
 
 
 # A small corpus for the tiny tokenizer: the words the course's prompts use.
