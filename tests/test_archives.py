@@ -73,19 +73,16 @@ def test_tar_path_escape_refused(tmp_path, name):
     assert not os.path.exists("/tmp/evil_abs_tipsomaly")
 
 
-def test_tar_symlink_outside_refused(tmp_path):
-    archive = _tar(tmp_path / "bad.tar",
-                   lambda tf: _add_special(tf, "etc_link", tarfile.SYMTYPE, "/etc"))
-    with pytest.raises(ArchiveError, match="etc_link"):
+@pytest.mark.parametrize("name, kind, target", [
+    ("etc_link", tarfile.SYMTYPE, "/etc"),              # absolute symlink
+    ("a/up", tarfile.SYMTYPE, "../../.."),              # relative symlink escaping
+    ("passwd", tarfile.LNKTYPE, "../../etc/passwd"),    # hard link escaping
+])
+def test_tar_link_outside_refused(tmp_path, name, kind, target):
+    archive = _tar(tmp_path / "bad.tar", lambda tf: _add_special(tf, name, kind, target))
+    with pytest.raises(ArchiveError, match=name):
         extract_archive(archive, tmp_path / "out", progress=False)
     _assert_nothing_left(tmp_path, tmp_path / "out")
-
-
-def test_tar_relative_symlink_escape_refused(tmp_path):
-    archive = _tar(tmp_path / "bad.tar",
-                   lambda tf: _add_special(tf, "a/up", tarfile.SYMTYPE, "../../.."))
-    with pytest.raises(ArchiveError, match="a/up"):
-        extract_archive(archive, tmp_path / "out", progress=False)
 
 
 def test_tar_symlink_chain_escape_refused(tmp_path):
@@ -99,13 +96,6 @@ def test_tar_symlink_chain_escape_refused(tmp_path):
         extract_archive(archive, tmp_path / "out", progress=False)
     _assert_nothing_left(tmp_path, tmp_path / "out")
 
-
-def test_tar_hardlink_outside_refused(tmp_path):
-    archive = _tar(tmp_path / "bad.tar",
-                   lambda tf: _add_special(tf, "passwd", tarfile.LNKTYPE, "../../etc/passwd"))
-    with pytest.raises(ArchiveError, match="passwd"):
-        extract_archive(archive, tmp_path / "out", progress=False)
-    _assert_nothing_left(tmp_path, tmp_path / "out")
 
 
 @pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])

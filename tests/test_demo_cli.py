@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
@@ -11,14 +10,6 @@ from PIL import Image
 from tipsomaly_lite.cli import main
 from tipsomaly_lite.demo import DEMO_SAMPLES, run_demo, similarity_maps
 from tipsomaly_lite.offline import MeaninglessResultsWarning
-from tipsomaly_lite.tips import load_tips
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MeaninglessResultsWarning)
-        return load_tips("tiny")
 
 
 def test_similarity_maps_are_patch_text_cosines(tiny):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -17,13 +16,6 @@ from tipsomaly_lite.offline import MeaninglessResultsWarning, TINY_ARCH, random_
 from tipsomaly_lite.preprocess import preprocess
 from tipsomaly_lite.tips import load_tips
 from tipsomaly_lite.tips_text import Tokenizer, sinusoidal_positions
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MeaninglessResultsWarning)
-        return load_tips("tiny")
 
 
 # --- tokenizer ----------------------------------------------------------------------------
