@@ -337,68 +337,52 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
         log(f"   built in {time.perf_counter() - t0:.1f}s (attention: "
             f"{theirs.vision_model.config._attn_implementation})")
 
+        def measure(task, size, n, unit, ours_fn, theirs_fn, ref32_fn, err):
+            """Warm-up doubles as the agreement check; then alternating timings, memory, one row."""
+            what = f"{name} {task} {size or ''}{'px ' if size else ''}batch {n} {dname}"
+            with torch.inference_mode():
+                with exact_fp32_cuda() if dtype == torch.float32 else contextlib.nullcontext():
+                    _, out_o = timed(ours_fn, sync)
+                    _, out_t = timed(theirs_fn, sync)
+                if ref_fp32 is None:
+                    check = check_agreement(what, err(out_o, out_t), dtype)
+                else:  # bf16: both sides against the fp32 reference
+                    with exact_fp32_cuda():
+                        ref = ref32_fn()
+                    check = check_agreement(what, err(out_o, ref), dtype, err(out_t, ref))
+                    del ref
+                del out_o, out_t
+                t_o, t_t = time_pair(ours_fn, theirs_fn, args.repeats, sync)
+            row = dict(model=name, dtype=dname, task=task, size=size, batch=n, unit=unit, ours_s=t_o,
+                       theirs_s=t_t, ours_per_s=n / statistics.median(t_o),
+                       theirs_per_s=n / statistics.median(t_t), check=check)
+            row["speed_ratio"] = row["ours_per_s"] / row["theirs_per_s"]
+            row.update(memory_pair(args, device, sync, files, dname, task, size, n, ours_fn, theirs_fn))
+            log("   " + row_summary(row))
+            rows.append(row)
+
         for size in sizes:
             for batch in batches:
                 torch.manual_seed(1)
                 images32 = torch.rand(batch, 3, size, size, device=device)
                 images = images32.to(dtype)
-                ours_fn = lambda: ours_t.encode_image(images)  # noqa: E731
-                theirs_fn = lambda: theirs.vision_model(pixel_values=images).last_hidden_state  # noqa: E731
-                what = f"{name} vision {size}px batch {batch} {dname}"
-                with torch.inference_mode():
-                    # Warm-up doubles as the agreement check.
-                    with exact_fp32_cuda() if dtype == torch.float32 else contextlib.nullcontext():
-                        _, out_o = timed(ours_fn, sync)
-                        _, out_t = timed(theirs_fn, sync)
-                    if ref_fp32 is None:
-                        check = check_agreement(what, vision_err(out_o, out_t), dtype)
-                    else:
-                        with exact_fp32_cuda():
-                            seq32 = ref_fp32.vision_model(pixel_values=images32).last_hidden_state
-                        check = check_agreement(what, vision_err(out_o, seq32), dtype, vision_err(
-                            (out_t[:, 0], out_t[:, 1], out_t[:, 2:]), seq32))
-                        del seq32
-                    del out_o, out_t
-                    t_o, t_t = time_pair(ours_fn, theirs_fn, args.repeats, sync)
-                row = dict(model=name, dtype=dname, task="vision", size=size, batch=batch, unit="img/s",
-                           ours_s=t_o, theirs_s=t_t, ours_per_s=batch / statistics.median(t_o),
-                           theirs_per_s=batch / statistics.median(t_t), check=check)
-                row["speed_ratio"] = row["ours_per_s"] / row["theirs_per_s"]
-                row.update(memory_pair(args, device, sync, files, dname, "vision", size, batch, ours_fn, theirs_fn))
-                log("   " + row_summary(row))
-                rows.append(row)
+                measure("vision", size, batch, "img/s",
+                        lambda: ours_t.encode_image(images),
+                        lambda: theirs.vision_model(pixel_values=images).last_hidden_state,
+                        lambda: ref_fp32.vision_model(pixel_values=images32).last_hidden_state,
+                        lambda out, seq: vision_err(out if isinstance(out, tuple) else
+                                                    (out[:, 0], out[:, 1], out[:, 2:]), seq))
                 del images, images32
 
         prompts = make_prompts(args.prompts)
         tokenizer = ours_t.tokenizer
 
-        def theirs_text():
+        def text_model(model):
             ids, padding = tokenizer(prompts)
-            return theirs.text_model(input_ids=ids.to(device), attention_mask=(~padding).long().to(device)).pooler_output
+            return model.text_model(input_ids=ids.to(device), attention_mask=(~padding).long().to(device)).pooler_output
 
-        ours_text = lambda: ours_t.encode_text(prompts)  # noqa: E731
-        what = f"{name} text {len(prompts)} prompts {dname}"
-        with torch.inference_mode():
-            with exact_fp32_cuda() if dtype == torch.float32 else contextlib.nullcontext():
-                _, out_o = timed(ours_text, sync)
-                _, out_t = timed(theirs_text, sync)
-            if ref_fp32 is None:
-                check = check_agreement(what, rel_err(out_o, out_t), dtype)
-            else:
-                ids, padding = tokenizer(prompts)
-                with exact_fp32_cuda():
-                    emb32 = ref_fp32.text_model(input_ids=ids.to(device),
-                                                attention_mask=(~padding).long().to(device)).pooler_output
-                check = check_agreement(what, rel_err(out_o, emb32), dtype, rel_err(out_t, emb32))
-            del out_o, out_t
-            t_o, t_t = time_pair(ours_text, theirs_text, args.repeats, sync)
-        n = len(prompts)
-        row = dict(model=name, dtype=dname, task="text", size=None, batch=n, unit="sent/s", ours_s=t_o, theirs_s=t_t,
-                   ours_per_s=n / statistics.median(t_o), theirs_per_s=n / statistics.median(t_t), check=check)
-        row["speed_ratio"] = row["ours_per_s"] / row["theirs_per_s"]
-        row.update(memory_pair(args, device, sync, files, dname, "text", None, n, ours_text, theirs_text))
-        log("   " + row_summary(row))
-        rows.append(row)
+        measure("text", None, len(prompts), "sent/s", lambda: ours_t.encode_text(prompts),
+                lambda: text_model(theirs), lambda: text_model(ref_fp32), rel_err)
         del ours, ours_t, theirs, ref32, ref_fp32
         gc.collect()
     return rows
