@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_npz_round_trip_keeps_every_key_and_shape(family, tmp_path, tiny_tokeniz
     """Real key layout of each family, depth 1, fp16 on disk (dtype is cast on load)."""
     arch = with_depth(standard_architecture(family), 1)
     # Shrink the token table (the largest array) but keep every name and every other shape.
-    arch = type(arch)(**{**arch.__dict__, "vocab": 512})
+    arch = dataclasses.replace(arch, vocab=512)
     v, t = random_tips_arrays(arch, seed=3)
     write_npz(tmp_path / "v.npz", {k: a.astype(np.float16) for k, a in v.items()})
     write_npz(tmp_path / "t.npz", t)
@@ -88,7 +89,7 @@ def test_wrong_shape_is_named(tmp_path, tiny_tokenizer_path):
 def test_width_mismatch_names_both_files(tmp_path, tiny_tokenizer_path):
     vision, _ = write_tiny(tmp_path)
     other = with_depth(standard_architecture("S/14"), 1)
-    _, t = random_tips_arrays(type(other)(**{**other.__dict__, "vocab": 512}))
+    _, t = random_tips_arrays(dataclasses.replace(other, vocab=512))
     text = write_npz(tmp_path / "other_text.npz", t)
     with pytest.raises(CheckpointError, match="width mismatch") as err:
         load_tips(vision=vision, text=text, tokenizer=tiny_tokenizer_path)

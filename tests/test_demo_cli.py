@@ -56,3 +56,13 @@ def test_fetch_script_lists_variants(capsys, monkeypatch):
         runpy.run_path(str(script), run_name="__main__")
     assert exit_info.value.code == 0
     assert "l14-hr" in capsys.readouterr().out
+
+
+def test_viz_vocabulary_draws(tiny):
+    from tipsomaly_lite.viz import overlay_anomaly_map, show_images
+
+    images = [torch.rand(3, 28, 28), torch.rand(3, 28, 28), torch.rand(28, 28, 3).numpy()]
+    fig = show_images(images, titles=["a", "b", "c"], ncols=2)
+    assert len([ax for ax in fig.axes if ax.images]) == 3
+    ax = overlay_anomaly_map(images[0], torch.rand(28, 28), title="map")
+    assert len(ax.images) == 2 and ax.get_title() == "map"

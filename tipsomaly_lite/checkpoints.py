@@ -221,11 +221,20 @@ def _check_layout(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, 
         raise CheckpointError(f"{where} is not in the TIPS npz layout: " + " | ".join(problems))
 
 
-def _text_aliases(shapes: dict) -> dict:
-    """Some text files call the temperature ``temperature_contrastive``, some store it as ``(1,)``."""
-    shapes = dict(shapes)
-    if "temperature" not in shapes and "temperature_contrastive" in shapes:
-        shapes["temperature"] = shapes.pop("temperature_contrastive")
+def canonical_text_names(entries: Mapping) -> dict:
+    """Rename ``temperature_contrastive`` (used by some text files) to ``temperature``.
+
+    Works on a name -> shape mapping and on a name -> array mapping alike.
+    """
+    entries = dict(entries)
+    if "temperature" not in entries and "temperature_contrastive" in entries:
+        entries["temperature"] = entries.pop("temperature_contrastive")
+    return entries
+
+
+def _text_aliases(shapes: Mapping) -> dict:
+    """Canonical names, and a temperature stored as ``(1,)`` counted as the scalar it is."""
+    shapes = canonical_text_names(shapes)
     if tuple(shapes.get("temperature", ())) == (1,):
         shapes["temperature"] = ()
     return shapes

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tipsomaly_lite import offline
-from tipsomaly_lite.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, hf_to_npz_names,
-                                        npz_shapes, read_npz, validate_pair)
+from tipsomaly_lite.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
+                                        hf_to_npz_names, npz_shapes, read_npz, validate_pair)
 from tipsomaly_lite.preprocess import ImageLike, check_size, preprocess
 from tipsomaly_lite.tips_text import TextTower, Tokenizer
 from tipsomaly_lite.tips_vision import VisionTower
@@ -59,8 +59,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("v2-so400m14", _V2 + "tips_v2_oss_so14", 448),
     Variant("v2-g14", _V2 + "tips_v2_oss_g14", 448),
 ]}
-HF_REPOS = {"v2-b14": "google/tipsv2-b14", "v2-l14": "google/tipsv2-l14",
-            "v2-so400m14": "google/tipsv2-so400m14", "v2-g14": "google/tipsv2-g14"}
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-3) -> Tensor:
@@ -174,8 +172,7 @@ class TIPS(nn.Module):
 
 def _build(vision_arrays: dict, text_arrays: dict, tokenizer: Tokenizer, *, num_heads: int | None,
            vision_name: str, text_name: str, **kwargs) -> TIPS:
-    if "temperature" not in text_arrays and "temperature_contrastive" in text_arrays:
-        text_arrays["temperature"] = text_arrays.pop("temperature_contrastive")
+    text_arrays = canonical_text_names(text_arrays)
     arch = validate_pair({k: v.shape for k, v in vision_arrays.items()},
                          {k: v.shape for k, v in text_arrays.items()},
                          num_heads=num_heads, vision_name=vision_name, text_name=text_name)
