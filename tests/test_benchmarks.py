@@ -21,3 +21,20 @@ def test_bench_tips_smoke(tmp_path):
     rows = rows["results"]
     assert {r["task"] for r in rows} == {"vision", "text"}
     assert all(r["speed_ratio"] > 0 for r in rows)
+
+
+def test_bench_metrics_smoke(tmp_path):
+    out = tmp_path / "metrics.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_metrics.py"), "--quick", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "speed ratio" in done.stdout
+    payload = json.loads(out.read_text())
+    assert payload["config"]["quick"] is True
+    rows = {r["task"]: r for r in payload["results"]}
+    assert set(rows) == {"aupro_compat", "aupro_standard", "pixel_auroc", "pixel_f1_max"}
+    for task in ("aupro_compat", "pixel_auroc", "pixel_f1_max"):  # same fp16 values: the same metric
+        assert rows[task]["abs_diff"] < 1e-9
+        assert rows[task]["speed_ratio"] > 0 and rows[task]["reference_peak_mib"] >= 0
+    assert all(0 <= r["ours_value"] <= 1 and r["ours_s"] > 0 and r["ours_peak_mib"] >= 0 for r in rows.values())
+    assert rows["aupro_standard"]["reference_s"] is None

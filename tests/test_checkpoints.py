@@ -189,7 +189,7 @@ def test_written_npz_is_a_plain_zip_of_npy(tmp_path):
 
 
 def test_no_code_path_unpickles_downloaded_files():
-    """Every np.load in the package passes allow_pickle=False; nothing calls pickle or torch.load."""
+    """Every np.load passes allow_pickle=False, every torch.load weights_only=True; nothing calls pickle."""
     import re
     from pathlib import Path
 
@@ -199,4 +199,6 @@ def test_no_code_path_unpickles_downloaded_files():
         for call in re.findall(r"np\.load\([^)]*\)", source):
             assert "allow_pickle=False" in call, f"{path.name}: {call}"
         assert "allow_pickle=True" not in source, path.name
-        assert not re.search(r"\bpickle\.loads?\(|torch\.load\(", source), path.name
+        for call in re.findall(r"torch\.load\([^)]*\)", source):
+            assert "weights_only=True" in call, f"{path.name}: {call}"
+        assert not re.search(r"\bpickle\.loads?\(|weights_only=False", source), path.name

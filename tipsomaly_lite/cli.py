@@ -1,14 +1,29 @@
 """Command line: ``tipsomaly <command>`` or ``python -m tipsomaly_lite <command>``.
 
-Commands so far: ``demo`` (similarity maps PNG) and ``fetch`` (download a TIPS variant).
+- ``demo``: a PNG of patch-text similarity maps.
+- ``fetch``: download a TIPS variant into the cache.
+- ``train``: learn the pixel prompts on an auxiliary dataset (a run folder with checkpoints).
+- ``evaluate``: the six metrics per class on a dataset (Markdown, CSV, JSON + config).
+- ``predict``: anomaly-map overlays and a CSV of scores for your own images.
+
+All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
+the numbers are meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
+from pathlib import Path
+from typing import Any, Callable
 
 from tipsomaly_lite import __version__
+
+#: Errors a user can fix (a path, a name, a setting): printed as one line, exit code 2.
+#: The paper's input side (37 x 37 patches).
+IMAGE_SIZE = 518
+_USER_ERRORS = (FileNotFoundError, ValueError, KeyError, RuntimeError)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -31,6 +46,208 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(args: argparse.Namespace):
+    from tipsomaly_lite.offline import MEANINGLESS
+    from tipsomaly_lite.tips import load_tips
+
+    model = load_tips(args.variant, image_size=args.image_size or IMAGE_SIZE, device=args.device)
+    print(repr(model))
+    if model.is_offline:
+        print(MEANINGLESS)
+    return model
+
+
+def _dataset_root(data_root: str, key: str) -> Path:
+    """``<data_root>/<key>`` as prepared by data_scripts/prepare_dataset.py, or ``data_root`` itself."""
+    root = Path(data_root)
+    for candidate in (root / key, root):
+        if (candidate / "meta.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no prepared dataset at {root / key} (nor a meta.json in {root}); prepare it with "
+                            f"`python data_scripts/prepare_dataset.py {key} --data-root {root}` "
+                            "(or make the toy one: `python data_scripts/make_toy_dataset.py`)")
+
+
+def _open_dataset(args: argparse.Namespace, root: Path, model):
+    from tipsomaly_lite.datasets import AnomalyDataset
+
+    return AnomalyDataset(root, image_size=model.image_size, classes=args.classes, key=args.dataset)
+
+
+def _prompts(args: argparse.Namespace) -> tuple[Any, str]:
+    """Learned prompts from --prompts (run folder, .safetensors or .pth) or --released, else None."""
+    from tipsomaly_lite.released_prompts import load_prompt_file, load_released_prompts
+    from tipsomaly_lite.training import load_trained_prompts
+
+    if args.prompts and args.released:
+        raise ValueError("give --prompts or --released, not both")
+    if args.released:
+        return load_released_prompts(args.released), f"released:{args.released}"
+    if args.prompts:
+        path = Path(args.prompts)
+        if path.is_dir():
+            return load_trained_prompts(path), str(path)
+        if path.suffix == ".safetensors":
+            try:
+                return load_trained_prompts(path), str(path)
+            except ValueError:
+                pass  # a plain {normal, anomalous} safetensors file, not one of our checkpoints
+        return load_prompt_file(path), str(path)
+    return None, "none"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tipsomaly_lite.training import TrainConfig, train_prompts
+
+    root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
+    model = _load_model(args)
+    dataset = _open_dataset(args, root, model)
+    print(dataset)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         n_tokens=args.n_tokens, prompt_set=args.prompt_set, cache=args.cache,
+                         cache_dtype=args.cache_dtype)
+    result = train_prompts(model, dataset, config, args.out, resume=not args.no_resume, progress=not args.quiet)
+    if result.resumed_from:
+        print(f"resumed after epoch {result.resumed_from}")
+    for epoch, loss in enumerate(result.epoch_losses, 1):
+        print(f"epoch {epoch}: mean loss {loss:.4f}")
+    print(f"prompts: {result.checkpoints[-1] if result.checkpoints else '(none written)'}")
+    print(f"evaluate them: tipsomaly evaluate --dataset DATASET --data-root {args.data_root} --prompts {args.out}")
+    return 0
+
+
+def _detector(args: argparse.Namespace, model, prompts: Any, source: str):
+    from tipsomaly_lite.detector import Detector
+
+    return Detector(model, prompts, prompt_set=args.prompt_set, mode=args.mode, token=args.token,
+                    sigma=args.sigma, prompts_source=source)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tipsomaly_lite.evaluation import evaluate
+
+    root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
+    prompts, source = _prompts(args)
+    model = _load_model(args)
+    dataset = _open_dataset(args, root, model)
+    print(dataset)
+    detector = _detector(args, model, prompts, source)
+    print(detector)
+    result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
+                      num_workers=args.workers, progress=not args.quiet)
+    out = Path(args.out or Path("runs") / "eval" / args.dataset)
+    paths = result.save(out, paper=args.paper)
+    print(result.to_markdown(paper=args.paper))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _image_files(specs: list[str]) -> list[Path]:
+    from tipsomaly_lite.datasets import is_image_file
+
+    files: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        elif path.is_file() and is_image_file(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--images {spec}: not an image file or a folder of images")
+    if not files:
+        raise FileNotFoundError(f"--images {' '.join(specs)}: no images found (png, jpg, bmp, tif)")
+    return files
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    from tipsomaly_lite.atomic import atomic_file
+    from tipsomaly_lite.preprocess import to_float_rgb
+    from tipsomaly_lite.viz import overlay_anomaly_map, upsample_map
+
+    files = _image_files(args.images)
+    prompts, source = _prompts(args)
+    model = _load_model(args)
+    detector = _detector(args, model, prompts, source)
+    size = model.image_size
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start:start + args.batch_size]
+        originals = [to_float_rgb(Image.open(f)) for f in chunk]
+        pred = detector.predict(model.preprocess(originals, size), args.class_name)
+        for i, (path, original) in enumerate(zip(chunk, originals)):
+            # The map is drawn over the photo at its own size, not over the squashed model input.
+            amap = upsample_map(pred.anomaly_map[i:i + 1], tuple(original.shape[-2:]))[0]
+            fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+            axes[0].imshow(original.permute(1, 2, 0).numpy())
+            axes[0].set_title(path.name)
+            axes[0].axis("off")
+            title = f"score {float(pred.image_score[i]):.3f}"
+            if model.is_offline:
+                title += " (MEANINGLESS)"
+            overlay_anomaly_map(original, amap, ax=axes[1], title=title)
+            fig.tight_layout()
+            target = out / f"{path.stem}_overlay.png"
+            with atomic_file(target) as fh:
+                fig.savefig(fh, format="png")
+            plt.close(fig)
+            rows.append({"path": str(path), "class_word": args.class_name,
+                         "image_score": f"{float(pred.image_score[i]):.6f}",
+                         "global_score": f"{float(pred.global_score[i]):.6f}",
+                         "local_score": f"{float(pred.local_score[i]):.6f}",
+                         "overlay": str(target)})
+            print(f"{path.name}: score {rows[-1]['image_score']} -> {target}")
+    with atomic_file(out / "scores.csv", "w", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out / 'scores.csv'} ({len(rows)} images; scores lie in [0, 2], higher = more anomalous)")
+    if model.is_offline:
+        print("NOTE: offline tiny random model -- these scores and maps are meaningless.")
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default="l14-hr", help="TIPS variant (default: l14-hr, the paper's); 'tiny' = offline")
+    p.add_argument("--image-size", type=int, default=None, help="input side in px, a multiple of 14 (default: 518)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
+    p.add_argument("--prompt-set", default="industrial", help="fixed prompt set name or .json (default: industrial)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="dataset key: mvtec, visa, mpdd, btad, sdd, dagm, dtd (or toy)")
+    p.add_argument("--data-root", default="data", help="folder holding the prepared <dataset>/ (default: data)")
+    p.add_argument("--classes", nargs="+", default=None, help="only these classes")
+
+
+def _detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None, help="learned prompts: a train run folder, .safetensors or .pth")
+    p.add_argument("--released", default=None, choices=["mvtec", "visa"],
+                   help="the authors' released prompts trained on this dataset (downloaded once)")
+    p.add_argument("--mode", default=None, choices=["decoupled", "coupled", "training_free"],
+                   help="default: decoupled with prompts, training_free without")
+    p.add_argument("--token", default="cls1", choices=["cls1", "cls2"], help="global token (default: cls1)")
+    p.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the maps, px (default: 4)")
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except _USER_ERRORS as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"tipsomaly {args.command}: error: {message}", file=sys.stderr)
+            return 2
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tipsomaly", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tipsomaly_lite {__version__}")
@@ -44,6 +261,39 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="download a TIPS variant + tokenizer into the cache")
     fetch.add_argument("variant", help="e.g. l14-hr, b14-hr, v2-b14")
     fetch.set_defaults(func=_fetch)
+
+    train = sub.add_parser("train", help="learn the pixel prompts on an auxiliary dataset")
+    _data_args(train)
+    _model_args(train)
+    train.add_argument("--out", required=True, help="run folder (config, history, checkpoints); resumed if it exists")
+    train.add_argument("--epochs", type=int, default=2, help="(default: 2, as the released prompts)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    train.add_argument("--seed", type=int, default=111, help="(default: 111)")
+    train.add_argument("--n-tokens", type=int, default=8, help="learnable vectors per state (default: 8)")
+    train.add_argument("--cache", default="memory", choices=["memory", "disk", "none"],
+                       help="frozen-feature cache (default: memory; disk keeps it in the run folder)")
+    train.add_argument("--cache-dtype", default="float16", choices=["float16", "float32"])
+    train.add_argument("--no-resume", action="store_true", help="start again even if the run folder has checkpoints")
+    train.set_defaults(func=_guarded(_train))
+
+    ev = sub.add_parser("evaluate", help="per-class metrics on a dataset -> results.md/.csv/.json")
+    _data_args(ev)
+    _model_args(ev)
+    _detector_args(ev)
+    ev.add_argument("--aupro-mode", default="standard", choices=["standard", "compat"],
+                    help="standard (exact, FPR <= 0.3) or compat (the ZSAD papers' 200 thresholds)")
+    ev.add_argument("--paper", action="store_true", help="print the paper's numbers beside ours")
+    ev.add_argument("--out", default=None, help="output folder (default: runs/eval/<dataset>)")
+    ev.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    ev.set_defaults(func=_guarded(_evaluate))
+
+    pr = sub.add_parser("predict", help="anomaly maps and scores for your own images")
+    pr.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    pr.add_argument("--class-name", required=True, help='what the object is, as in a prompt: "metal nut"')
+    pr.add_argument("--out", required=True, help="output folder for overlays and scores.csv")
+    _model_args(pr)
+    _detector_args(pr)
+    pr.set_defaults(func=_guarded(_predict))
     return parser
 
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Time per epoch of prompt training with and without the frozen-feature cache, same data, same model.
+
+For each model (the tiny offline TIPS, and a randomly initialised TIPS with the B/14 shapes:
+width 768, 12 + 12 layers) one toy dataset is trained on twice with :func:`train_prompts` and
+the paper's settings (batch 8, Adam), once with ``cache="none"`` (every epoch decodes every
+image and runs the vision tower) and once with ``cache="memory"`` (epoch 1 fills the cache,
+later epochs only run the text tower with the prompts and the loss). Reported per model: the
+mean time of epochs >= 2 for both, their ratio (target >= 10x), the first (filling) epoch, and
+the largest difference between the two runs' final prompts (float16 storage).
+
+The toy images are written at ``--source-size`` px (default 768, like MVTec/VisA photos, so
+decoding costs what it costs on real data) and read at ``--image-size`` (518, the paper's).
+
+    python benchmarks/bench_training.py --quick     # smoke test, tiny model only, seconds
+    python benchmarks/bench_training.py --json build/bench_training.json
+
+Timings are single measurements on a shared machine; the ratio is what the script is for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from tipsomaly_lite.checkpoints import standard_architecture, with_depth
+from tipsomaly_lite.datasets import AnomalyDataset
+from tipsomaly_lite.offline import MeaninglessResultsWarning, tiny_files
+from tipsomaly_lite.tips import TIPS, load_tips
+from tipsomaly_lite.tips_text import Tokenizer
+from tipsomaly_lite.toy_data import TOY_CLASSES, make_toy_dataset
+from tipsomaly_lite.training import TrainConfig, train_prompts
+
+TARGET = 10.0
+
+
+def random_b14(depth: int | None, seed: int = 0) -> TIPS:
+    """A TIPS with B/14 shapes and small random weights (speed does not depend on the values)."""
+    arch = standard_architecture("B/14")
+    if depth is not None:
+        arch = with_depth(arch, depth)
+    torch.manual_seed(seed)
+    model = TIPS(arch, Tokenizer(tiny_files()[2]), temperature=0.01, variant="b14-shaped-random",
+                 source="random init")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model.eval().requires_grad_(False)
+
+
+def bench_model(name: str, model: TIPS, dataset: AnomalyDataset, epochs: int, log) -> dict:
+    runs = {}
+    for cache in ("none", "memory"):
+        config = TrainConfig(epochs=epochs, cache=cache)
+        log(f"  {name}: training {epochs} epochs on {len(dataset)} images, cache={cache} ...")
+        runs[cache] = train_prompts(model, dataset, config, progress=False)
+    later = {k: sum(r.epoch_seconds[1:]) / (len(r.epoch_seconds) - 1) for k, r in runs.items()}
+    diff = max(float((a - b).abs().max()) for a, b in zip(runs["none"].prompts(), runs["memory"].prompts()))
+    return {"model": name, "images": len(dataset), "epochs": epochs, "image_size": dataset.image_size,
+            "uncached_epoch_s": later["none"], "cached_epoch_s": later["memory"],
+            "speed_ratio": later["none"] / later["memory"], "cached_first_epoch_s": runs["memory"].epoch_seconds[0],
+            "uncached_first_epoch_s": runs["none"].epoch_seconds[0], "prompt_max_abs_diff": diff,
+            "final_loss_uncached": runs["none"].epoch_losses[-1], "final_loss_cached": runs["memory"].epoch_losses[-1]}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | images | px | epoch >= 2 without cache | with cache | ratio | target >= 10x "
+             "| epoch 1 with cache (fills it) | max prompt diff |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['images']} | {r['image_size']} | {r['uncached_epoch_s']:.2f} s "
+                     f"| {r['cached_epoch_s']:.3f} s | {r['speed_ratio']:.1f}x "
+                     f"| {'yes' if r['speed_ratio'] >= TARGET else 'NO'} | {r['cached_first_epoch_s']:.2f} s "
+                     f"| {r['prompt_max_abs_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=["tiny", "b14"], default=["tiny", "b14"])
+    p.add_argument("--per-class", type=int, default=8, help="toy test images per class (half anomalous)")
+    p.add_argument("--b14-per-class", type=int, default=4, help="images per class for the slower B/14 model")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run (>= 2)")
+    p.add_argument("--image-size", type=int, default=518)
+    p.add_argument("--source-size", type=int, default=768, help="side of the toy image files")
+    p.add_argument("--depth", type=int, default=None, help="B/14 layers per tower (default: 12)")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny only, 2 epochs, small images")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.per_class, args.epochs = ["tiny"], 2, 2
+        args.image_size, args.source_size = 112, 128
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (epoch 1 fills the cache)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.simplefilter("ignore", MeaninglessResultsWarning)  # the numbers here are timings, not results
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads()}
+    log(f"environment: {env}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        def toy(per_class: int) -> AnomalyDataset:
+            n_anom = per_class // 2
+            root = make_toy_dataset(Path(tmp) / f"toy{per_class}", image_size=args.source_size, n_train=0,
+                                    n_normal=per_class - n_anom, n_anomalous=n_anom, classes=TOY_CLASSES)
+            return AnomalyDataset(root, image_size=args.image_size)
+
+        for name in args.models:
+            if name == "tiny":
+                model, ds = load_tips("tiny"), toy(args.per_class)
+            else:
+                model, ds = random_b14(args.depth), toy(args.b14_per_class)
+            start = time.perf_counter()
+            rows.append(bench_model(name, model, ds, args.epochs, log))
+            log(f"  {name}: done in {time.perf_counter() - start:.0f} s, ratio {rows[-1]['speed_ratio']:.1f}x")
+    log("\n" + markdown_table(rows))
+    log("\nspeed ratio = mean epoch time (epochs >= 2) without cache / with cache; target >= 10x.")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"environment": env, "config": vars(args) | {"json": str(args.json)},
+                                         "results": rows}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

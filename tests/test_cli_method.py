@@ -1,0 +1,104 @@
+"""``tipsomaly train / evaluate / predict`` end to end, offline: tiny model, toy dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from tipsomaly_lite.cli import main
+from tipsomaly_lite.offline import MeaninglessResultsWarning, TINY_ARCH
+from tipsomaly_lite.toy_data import make_toy_dataset
+
+SIZE = ["--image-size", "84", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_toy_dataset(root / "toy", classes=["hex_nut", "carpet"], n_train=0, n_normal=2, n_anomalous=3)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
+
+
+def test_train_resume_evaluate(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--dataset", "toy", "--data-root", str(data_root)] + SIZE
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["train", *common, "--epochs", "1", "--out", str(run), "--batch-size", "4"]) == 0
+        assert main(["train", *common, "--epochs", "2", "--out", str(run), "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "MEANINGLESS" in out and "resumed after epoch 1" in out and "epoch_002.safetensors" in out
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+
+    ev = tmp_path / "eval"
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["evaluate", *common, "--prompts", str(run), "--out", str(ev), "--paper",
+                     "--aupro-mode", "compat", "--token", "cls2"]) == 0
+    out = capsys.readouterr().out
+    assert "| **mean** |" in out and "MEANINGLESS" in out
+    config = json.loads((ev / "config.json").read_text())
+    assert config["pixel_prompts"] == str(run) and config["mode"] == "decoupled"
+    assert config["aupro_mode"] == "compat" and config["global_token"] == "cls2" and config["image_size"] == 84
+    rows = list(csv.reader((ev / "results.csv").open()))
+    assert [r[1] for r in rows[1:]] == ["carpet", "hex_nut", "mean"]
+
+
+def test_evaluate_training_free_and_authors_format_prompts(data_root, tmp_path, capsys):
+    common = ["--dataset", "toy", "--data-root", str(data_root)] + SIZE
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["evaluate", *common, "--out", str(tmp_path / "free")]) == 0
+    assert json.loads((tmp_path / "free" / "config.json").read_text())["mode"] == "training_free"
+    # The authors' file format (a pickled ParameterList) at the tiny model's width.
+    pth = tmp_path / "learnable_params_2.pth"
+    torch.save(torch.nn.ParameterList([torch.nn.Parameter(torch.randn(8, TINY_ARCH.width)) for _ in range(2)]), pth)
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["evaluate", *common, "--prompts", str(pth), "--mode", "coupled",
+                     "--out", str(tmp_path / "pth")]) == 0
+    assert json.loads((tmp_path / "pth" / "config.json").read_text())["mode"] == "coupled"
+
+
+def test_predict_writes_overlays_and_scores(data_root, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (90, 60), (120, 80, 40)).save(photos / "a.jpg")
+    Image.new("L", (50, 70), 200).save(photos / "b.png")
+    out = tmp_path / "pred"
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["predict", "--images", str(photos), str(data_root / "toy" / "carpet" / "test" / "good"),
+                     "--class-name", "metal nut", "--out", str(out), *SIZE]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows[:2]] == ["a.jpg", "b.png"] and len(rows) == 4
+    assert all(0 <= float(r["image_score"]) <= 2 for r in rows)
+    with Image.open(out / "a_overlay.png") as im:
+        assert im.size[0] > 200
+    assert "meaningless" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_clear_line(data_root, tmp_path, capsys):
+    assert main(["evaluate", "--dataset", "visa", "--data-root", str(tmp_path), *SIZE]) == 2
+    assert "no prepared dataset" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", "toy", "--data-root", str(data_root), "--prompts", "x", "--released",
+                 "mvtec", *SIZE]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["predict", "--images", str(tmp_path / "none"), "--class-name", "x", "--out", str(tmp_path)]) == 2
+    assert "not an image file" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", "toy", "--data-root", str(data_root), "--prompts",
+                 str(tmp_path / "missing_run"), *SIZE]) == 2
+    assert "missing_run" in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_the_commands():
+    done = subprocess.run([sys.executable, "-m", "tipsomaly_lite", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for command in ("train", "evaluate", "predict", "demo", "fetch"):
+        assert command in done.stdout

@@ -1,0 +1,134 @@
+"""Evaluation: streamed per-class metrics, the written table and config, bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from tipsomaly_lite.datasets import AnomalyDataset
+from tipsomaly_lite.detector import Detector, Prediction
+from tipsomaly_lite.evaluation import METRICS, PAPER_RESULTS, evaluate, paper_table
+from tipsomaly_lite.metrics import MetricWarning, image_metrics, pixel_metrics
+from tipsomaly_lite.toy_data import make_toy_dataset
+
+SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = make_toy_dataset(tmp_path_factory.mktemp("data") / "toy", classes=["pill", "wood_grain"], n_train=0,
+                            n_normal=3, n_anomalous=3)
+    return AnomalyDataset(root, image_size=SIZE)
+
+
+def test_evaluate_equals_metrics_on_all_maps_at_once(tiny, toy):
+    det = Detector(tiny)
+    result = evaluate(det, toy, batch_size=4, aupro_mode="compat", progress=False)
+    assert list(result.per_class) == ["pill", "wood_grain"] and len(result.scores) == len(toy)
+    for cls in result.per_class:
+        idx = [i for i in range(len(toy)) if toy.samples[i]["cls_name"] == cls]
+        items = [toy[i] for i in idx]
+        pred = det.predict(torch.stack([it["image"] for it in items]), [it["class_word"] for it in items])
+        want = image_metrics([it["label"] for it in items], pred.image_score.numpy(), name=cls)
+        want.update(pixel_metrics(pred.anomaly_map.numpy(), torch.stack([it["mask"][0] for it in items]).numpy(),
+                                  aupro_mode="compat", name=cls))
+        for key in METRICS:
+            assert result.per_class[cls][key] == pytest.approx(100 * want[key], abs=1e-6), key
+    for key in METRICS:
+        assert result.mean[key] == pytest.approx(np.mean([m[key] for m in result.per_class.values()]))
+    assert result.config["aupro_mode"] == "compat" and result.config["variant"] == "tiny"
+    assert result.config["mode"] == "training_free" and result.config["image_size"] == SIZE
+
+
+def test_result_files_and_paper_table(tiny, toy, tmp_path):
+    result = evaluate(Detector(tiny), toy, progress=False, dataset_name="mvtec")
+    paths = result.save(tmp_path, paper=True)
+    assert set(paths) == {"results.md", "results.csv", "results.json", "config.json", "scores.csv"}
+    md = paths["results.md"].read_text()
+    assert "MEANINGLESS" in md and "| paper |" in md and "93.4" in md and "| **mean** |" in md
+    rows = list(csv.reader(paths["results.csv"].open()))
+    assert rows[0] == ["dataset", "class"] + list(METRICS) and rows[-1][1] == "mean" and len(rows) == 4
+    data = json.loads(paths["results.json"].read_text())
+    assert data["meaningless"] is True and set(data["per_class"]) == {"pill", "wood_grain"}
+    config = json.loads(paths["config.json"].read_text())
+    for key in ("variant", "image_size", "prompt_set", "aupro_mode", "tipsomaly_lite", "torch", "protocol",
+                "global_token", "pixel_prompts"):
+        assert key in config
+    assert len(list(csv.DictReader(paths["scores.csv"].open()))) == len(toy)
+    table = paper_table()
+    assert table.count("\n") == 2 + len(PAPER_RESULTS) and "industrial_mean" in table
+
+
+def test_fusion_ablation_scores(tiny, toy):
+    result = evaluate(Detector(tiny), toy, progress=False)
+    ablation = result.image_metrics_by_score()
+    assert set(ablation) == {"image_score", "global_score", "local_score"}
+    for key in ("image_auroc", "image_ap", "image_f1_max"):
+        assert ablation["image_score"][key] == pytest.approx(result.mean[key])
+
+
+def test_all_normal_class_is_nan_with_a_warning(tiny, tmp_path):
+    root = make_toy_dataset(tmp_path / "toy", classes=["pill", "carpet"], n_train=0, n_normal=2, n_anomalous=2)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["test"]["pill"] = [r for r in meta["test"]["pill"] if r["anomaly"] == 0]
+    (root / "meta.json").write_text(json.dumps(meta))
+    ds = AnomalyDataset(root, image_size=56)
+    with pytest.warns(MetricWarning, match="pill"):
+        result = evaluate(Detector(tiny), ds, progress=False)
+    assert all(math.isnan(v) for v in result.per_class["pill"].values())
+    assert not math.isnan(result.mean["image_auroc"])
+    assert result.mean["image_auroc"] == pytest.approx(result.per_class["carpet"]["image_auroc"])
+    assert "nan" in result.to_markdown()
+
+
+class _StubDetector:
+    """Random float32 maps made by numpy (so tracemalloc sees them), at 518 px."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def predict(self, images, words):
+        b = len(images)
+        maps = torch.from_numpy(self.rng.random((b, 518, 518), dtype=np.float32))
+        scores = torch.from_numpy(self.rng.random(b))
+        return Prediction(scores, scores, scores, torch.zeros(b, 1), maps)
+
+    def config(self):
+        return {"variant": "stub"}
+
+
+class _StubDataset(torch.utils.data.Dataset):
+    image_size = 518
+
+    def __len__(self):
+        return 240
+
+    def __getitem__(self, i):
+        mask = np.zeros((1, 518, 518), dtype=np.float32)
+        if i % 2:
+            mask[0, 100:140, 200:260] = 1
+        return {"image": torch.zeros(1), "mask": torch.from_numpy(mask), "label": i % 2,
+                "class_name": "abc"[i % 3], "class_word": "x", "path": f"{i}.png"}
+
+
+def test_evaluation_memory_does_not_grow_with_the_dataset():
+    # 240 maps of 518 x 518 in float32 would be 246 MiB; streaming keeps about one batch.
+    tracemalloc.start()
+    try:
+        result = evaluate(_StubDetector(), _StubDataset(), batch_size=8, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(result.scores) == 240
+    assert peak < 80 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_evaluate_rejects_unknown_aupro_mode(tiny, toy):
+    with pytest.raises(ValueError, match="aupro_mode"):
+        evaluate(Detector(tiny), toy, aupro_mode="fast", progress=False)

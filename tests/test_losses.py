@@ -1,0 +1,129 @@
+"""Tests for tipsomaly_lite.losses against slow per-pixel references written out here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tipsomaly_lite.losses import dice_loss, focal_loss, segmentation_loss
+
+
+def slow_focal(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> float:
+    """SPEC §2.3 focal loss, one pixel at a time in Python floats."""
+    b, c, h, w = probs.shape
+    total = 0.0
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                label = int(mask[i, y, x])
+                pt = smooth
+                for k in range(c):
+                    onehot = 1.0 if k == label else 0.0
+                    pt += min(max(onehot, smooth), 1 - smooth) * float(probs[i, k, y, x])
+                total += -((1 - pt) ** gamma) * math.log(pt)
+    return total / (b * h * w)
+
+
+def slow_dice(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """SPEC §2.3 Dice loss, per image with explicit sums."""
+    scores = []
+    for i in range(probs.shape[0]):
+        inter = sum(float(p) * float(t) for p, t in zip(probs[i].flatten(), target[i].flatten()))
+        sum_p = sum(float(p) for p in probs[i].flatten())
+        sum_t = sum(float(t) for t in target[i].flatten())
+        scores.append((2 * inter + 1) / (sum_p + sum_t + 1))
+    return 1 - sum(scores) / len(scores)
+
+
+def random_case(seed: int, b: int = 2, h: int = 5, w: int = 4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(b, 2, h, w, generator=g, dtype=dtype) * 2, dim=1)
+    mask = (torch.rand(b, h, w, generator=g) > 0.6).to(dtype)
+    return probs, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_focal_matches_slow_reference(seed):
+    probs, mask = random_case(seed)
+    assert focal_loss(probs, mask).item() == pytest.approx(slow_focal(probs, mask), rel=1e-5)
+
+
+def test_focal_gamma_and_smooth_are_used():
+    probs, mask = random_case(7)
+    got = focal_loss(probs, mask, gamma=1.0, smooth=1e-2).item()
+    assert got == pytest.approx(slow_focal(probs, mask, gamma=1.0, smooth=1e-2), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dice_matches_slow_reference(seed):
+    probs, mask = random_case(seed)
+    assert dice_loss(probs[:, 1], mask).item() == pytest.approx(slow_dice(probs[:, 1], mask), rel=1e-5)
+    assert dice_loss(probs[:, 0], 1 - mask).item() == pytest.approx(slow_dice(probs[:, 0], 1 - mask), rel=1e-5)
+
+
+def test_segmentation_loss_is_the_sum_of_the_three_terms():
+    probs, mask = random_case(3, b=3)
+    expected = slow_focal(probs, mask) + slow_dice(probs[:, 1], mask) + slow_dice(probs[:, 0], 1 - mask)
+    assert segmentation_loss(probs, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_perfect_prediction():
+    _, mask = random_case(4)
+    probs = torch.stack([1 - mask, mask], dim=1)
+    assert dice_loss(probs[:, 1], mask).item() == pytest.approx(0.0, abs=1e-7)
+    assert dice_loss(probs[:, 0], 1 - mask).item() == pytest.approx(0.0, abs=1e-7)
+    assert 0.0 <= focal_loss(probs, mask).item() < 1e-9
+    assert segmentation_loss(probs, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_uniform_half_has_known_focal_value():
+    mask = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    probs = torch.full((1, 2, 2, 2), 0.5)
+    pt = 0.5 * (1 - 1e-5) + 0.5 * 1e-5 + 1e-5  # = 0.5 + 1e-5 whatever the label
+    expected = -((1 - pt) ** 2) * math.log(pt)
+    assert expected == pytest.approx(0.25 * math.log(2), rel=1e-4)
+    assert focal_loss(probs, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_empty_mask_and_empty_prediction_is_perfect_dice():
+    zeros = torch.zeros(2, 3, 3)
+    assert dice_loss(zeros, zeros).item() == 0.0
+
+
+def test_mask_with_channel_dim_agrees():
+    probs, mask = random_case(5)
+    torch.testing.assert_close(segmentation_loss(probs, mask), segmentation_loss(probs, mask[:, None]))
+    torch.testing.assert_close(focal_loss(probs, mask), focal_loss(probs, mask[:, None]))
+    torch.testing.assert_close(segmentation_loss(probs, mask), segmentation_loss(probs, mask.bool()))
+
+
+def test_gradients_flow_gradcheck():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(2, 3, 3, generator=g) > 0.5).double()
+    assert torch.autograd.gradcheck(lambda z: segmentation_loss(torch.softmax(z, dim=1), mask), (logits,))
+    loss = segmentation_loss(torch.softmax(logits, dim=1), mask)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_shape_errors():
+    probs, mask = random_case(8)
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        focal_loss(probs[:, :1], mask)
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        segmentation_loss(probs[:, 0], mask)
+    with pytest.raises(ValueError, match="mask must be"):
+        segmentation_loss(probs, mask[:, :-1])
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        dice_loss(probs, mask)
+    with pytest.raises(ValueError, match="target must be"):
+        dice_loss(probs[:, 1], mask[:1])
+
+
+def test_non_binary_mask_is_an_error():
+    probs, mask = random_case(9)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        focal_loss(probs, mask * 0.5)

@@ -1,0 +1,144 @@
+"""Prompt training on the toy dataset with the tiny model: the feature cache, the loss, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from tipsomaly_lite.datasets import AnomalyDataset
+from tipsomaly_lite.feature_cache import FeatureCache, encode_batch
+from tipsomaly_lite.prompt_learner import PromptLearner
+from tipsomaly_lite.toy_data import make_toy_dataset
+from tipsomaly_lite.training import (TrainConfig, latest_checkpoint, load_trained_prompts, train_prompts,
+                                     training_loss)
+
+SIZE = 112  # 8 x 8 patches: fast, and a real upsampling in the loss
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = make_toy_dataset(tmp_path_factory.mktemp("data") / "toy", classes=["pill", "carpet"], n_train=0,
+                            n_normal=3, n_anomalous=4)
+    return AnomalyDataset(root, image_size=SIZE)
+
+
+def _step(learner, tokens, masks, temperature, grid):
+    learner.zero_grad()
+    loss = training_loss(learner, tokens, masks, temperature, grid)
+    loss.backward()
+    return float(loss.detach()), learner.normal.grad.clone(), learner.anomalous.grad.clone()
+
+
+def test_one_step_with_the_cache_equals_one_step_without(tiny, toy):
+    idx = [0, 3, 5, 6]
+    items = [toy[i] for i in idx]
+    images = torch.stack([it["image"] for it in items])
+    masks = torch.stack([it["mask"] for it in items])
+    assert masks.sum() > 0
+    learner = PromptLearner(tiny, generator=torch.Generator().manual_seed(111))
+    grid = tiny.patch_grid(SIZE)
+    direct = _step(learner, encode_batch(tiny, images)["patch_tokens"], masks, tiny.temperature, grid)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+        cache = FeatureCache(tiny, SIZE, dtype=dtype, progress=False)
+        batch = cache.get(toy, idx)
+        torch.testing.assert_close(batch["mask"], masks)
+        cached = _step(learner, batch["patch_tokens"], batch["mask"], tiny.temperature, grid)
+        assert cached[0] == pytest.approx(direct[0], abs=tol, rel=tol)
+        for got, want in zip(cached[1:], direct[1:]):
+            torch.testing.assert_close(got, want, atol=tol * float(want.abs().max()), rtol=tol)
+
+
+def test_cache_computes_each_image_once_and_persists_on_disk(tiny, toy, tmp_path, monkeypatch):
+    calls = []
+    original = tiny.encode_image
+    monkeypatch.setattr(tiny, "encode_image", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
+    cache = FeatureCache(tiny, SIZE, folder=tmp_path, progress=False)
+    first = cache.get(toy, [0, 1, 2])
+    cache.get(toy, [2, 1, 0])
+    assert sum(calls) == 3 and cache.hits == 3 and cache.misses == 3
+    files = list((tmp_path / cache.fingerprint).glob("*/*.npz"))
+    assert len(files) == 3 and len(cache) == 3
+    # A new cache on the same folder (a restarted run) reads from disk without encoding.
+    again = FeatureCache(tiny, SIZE, folder=tmp_path, progress=False).get(toy, [0, 1, 2])
+    assert sum(calls) == 3
+    for key in first:
+        torch.testing.assert_close(again[key], first[key])
+    # Another input size is another entry.
+    FeatureCache(tiny, 56, folder=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="112 px but the cache was made for 56"):
+        FeatureCache(tiny, 56, folder=tmp_path, progress=False).get(toy, [0])
+
+
+def test_cache_key_changes_when_the_image_changes(tiny, tmp_path):
+    root = make_toy_dataset(tmp_path / "toy", classes=["pill"], n_train=0, n_normal=1, n_anomalous=1)
+    ds = AnomalyDataset(root, image_size=SIZE)
+    cache = FeatureCache(tiny, SIZE, progress=False)
+    path = ds.root / ds.samples[0]["img_path"]
+    before = cache.key(path)
+    os.utime(path, ns=(1, 1))
+    assert cache.key(path) != before
+
+
+def test_training_is_seeded_and_lowers_the_loss(tiny, toy):
+    cfg = TrainConfig(epochs=3, batch_size=4)
+    a = train_prompts(tiny, toy, cfg, progress=False)
+    b = train_prompts(tiny, toy, cfg, progress=False)
+    torch.testing.assert_close(a.prompts(), b.prompts(), rtol=0, atol=0)
+    assert len(a.history) == 3 * 4 and len(a.epoch_losses) == 3
+    assert a.epoch_losses[-1] < a.epoch_losses[0]
+    # The same run without the cache gives the same prompts (float16 storage: to ~1e-3).
+    c = train_prompts(tiny, toy, TrainConfig(epochs=3, batch_size=4, cache="none"), progress=False)
+    torch.testing.assert_close(a.prompts(), c.prompts(), atol=2e-3, rtol=0)
+
+
+def test_checkpoints_resume_and_equal_an_uninterrupted_run(tiny, toy, tmp_path):
+    straight = train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=4), tmp_path / "a", progress=False)
+    train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "b", progress=False)
+    resumed = train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=4), tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 1
+    torch.testing.assert_close(resumed.prompts(), straight.prompts(), rtol=0, atol=1e-7)
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in straight.history], abs=1e-6)
+    # Nothing left to do: a third call trains nothing and returns the same prompts.
+    again = train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=4), tmp_path / "b", progress=False)
+    assert again.resumed_from == 2 and len(again.history) == len(straight.history)
+    torch.testing.assert_close(again.prompts(), straight.prompts())
+
+    run = tmp_path / "a"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.safetensors",
+                                                                        "epoch_002.safetensors"]
+    assert latest_checkpoint(run).name == "epoch_002.safetensors"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["seed"] == 111 and config["variant"] == "tiny" and config["image_size"] == SIZE
+    assert json.loads((run / "history.json").read_text())["epoch_losses"] == pytest.approx(straight.epoch_losses)
+    # Safetensors: an 8-byte header length then JSON, no pickle anywhere.
+    raw = (run / "checkpoints" / "epoch_002.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert {"normal", "anomalous", "adam.0.exp_avg", "adam.1.exp_avg_sq"} <= set(header)
+    assert not any(name.endswith(".tmp") or name.startswith(".") for name in os.listdir(run / "checkpoints"))
+    normal, anomalous = load_trained_prompts(run)
+    torch.testing.assert_close((normal, anomalous), straight.prompts())
+
+
+def test_resume_refuses_other_settings_and_bad_files(tiny, toy, tmp_path):
+    train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=4, lr=0.01), tmp_path / "r", progress=False)
+    fresh = train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4, lr=0.01), tmp_path / "r", resume=False,
+                          progress=False)
+    assert fresh.resumed_from == 0
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        load_trained_prompts(tmp_path)
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_trained_prompts(bad)
+    with pytest.raises(ValueError, match="cache"):
+        TrainConfig(cache="gpu")
+
+
+def test_disk_cache_in_the_run_folder(tiny, toy, tmp_path):
+    train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4, cache="disk"), tmp_path / "d", progress=False)
+    assert list((tmp_path / "d" / "feature_cache").glob("*/*/*.npz"))

@@ -1,0 +1,115 @@
+"""The segmentation loss that trains the learnable pixel prompts (SPEC §2.3).
+
+The prompts are trained on 2-channel patch probabilities ``P`` ``(B, 2, H, W)`` (channel 0 =
+normal, 1 = anomalous), already upsampled to the mask size, against a binary ``mask``::
+
+    loss = Focal(P, mask) + Dice(P[:, 1], mask) + Dice(P[:, 0], 1 - mask)
+
+Focal works on probabilities (not logits) with γ = 2 and no α weighting; Dice is the smoothed
+per-image soft Dice averaged over the batch. Both follow the authors' code exactly, including its
+1e-5 label smoothing, so a loss value can be compared with their logs (≈1.00 → 0.85 on MVTec).
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["dice_loss", "focal_loss", "segmentation_loss"]
+
+
+def _as_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
+    """``mask`` ``(B, 1, H, W)`` or ``(B, H, W)`` as ``(B, H, W)`` in ``like``'s dtype and device.
+
+    Raises:
+        ValueError: the shape does not match ``like`` ``(B, H, W)``.
+    """
+    if mask.ndim == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.shape != like.shape:
+        raise ValueError(f"{name} must be (B, 1, H, W) or (B, H, W) = {tuple(like.shape)} to match the "
+                         f"probabilities, got {tuple(mask.shape)}.")
+    return mask.to(device=like.device, dtype=like.dtype)
+
+
+def _check_probs(probs: Tensor) -> None:
+    if probs.ndim != 4 or probs.shape[1] != 2:
+        raise ValueError(f"probs must be (B, 2, H, W) with channels (normal, anomalous), "
+                         f"got shape {tuple(probs.shape)}.")
+    if not probs.is_floating_point():
+        raise ValueError(f"probs must be floating point probabilities, got dtype {probs.dtype}.")
+
+
+def focal_loss(probs: Tensor, mask: Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> Tensor:
+    """Focal loss on probabilities, averaged over every pixel of the batch.
+
+    Per pixel: ``pt = Σ_c clamp(onehot_c, smooth, 1 - smooth) · P_c + smooth`` and
+    ``loss = -(1 - pt)^γ · log(pt)``. The ``+ smooth`` keeps ``log`` finite when the true class
+    has probability 0; γ down-weights pixels already classified well, which here are the many
+    normal background pixels.
+
+    Args:
+        probs: ``(B, 2, H, W)`` probabilities, channel 0 = normal, 1 = anomalous.
+        mask: ``(B, 1, H, W)`` or ``(B, H, W)`` ground truth in {0, 1} (1 = anomalous).
+        gamma: focusing exponent γ (2 in the paper).
+        smooth: label smoothing of the one-hot target and floor of ``pt``.
+    Returns:
+        Scalar tensor.
+    Raises:
+        ValueError: wrong shapes, or a mask with values other than 0 and 1 (threshold it first).
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+    """
+    _check_probs(probs)
+    target = _as_mask(mask, probs[:, 0])
+    # One-hot needs classes: a soft (e.g. bilinearly resized, unthresholded) mask is a bug upstream.
+    if bool(((target != 0) & (target != 1)).any()):
+        raise ValueError("mask must contain only 0 and 1; threshold resized masks at 0.5 first.")
+    onehot = torch.stack([1 - target, target], dim=1).clamp(smooth, 1 - smooth)
+    pt = (onehot * probs).sum(dim=1) + smooth
+    return (-(1 - pt).pow(gamma) * pt.log()).mean()
+
+
+def dice_loss(probs: Tensor, target: Tensor) -> Tensor:
+    """Soft Dice loss with +1 smoothing, per image then averaged over the batch.
+
+    ``1 - mean_b (2 Σ p·t + 1) / (Σ p + Σ t + 1)``, sums over the pixels of image ``b``. The +1
+    makes an empty target with an empty prediction a perfect score instead of 0/0.
+
+    Args:
+        probs: ``(B, H, W)`` probabilities of one class.
+        target: ``(B, H, W)`` (or ``(B, 1, H, W)``) target of that class in [0, 1].
+    Returns:
+        Scalar tensor in [0, 1) for probabilities and binary targets.
+    Raises:
+        ValueError: ``probs`` is not 3-D or the shapes differ.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+    """
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be (B, H, W) probabilities of one class, got shape {tuple(probs.shape)}.")
+    if not probs.is_floating_point():
+        raise ValueError(f"probs must be floating point probabilities, got dtype {probs.dtype}.")
+    target = _as_mask(target, probs, name="target")
+    p = probs.flatten(1)
+    t = target.flatten(1)
+    dice = (2 * (p * t).sum(dim=1) + 1) / (p.sum(dim=1) + t.sum(dim=1) + 1)
+    return 1 - dice.mean()
+
+
+def segmentation_loss(probs: Tensor, mask: Tensor) -> Tensor:
+    """The training loss: ``Focal(P, mask) + Dice(P_anomalous, mask) + Dice(P_normal, 1 - mask)``.
+
+    Args:
+        probs: ``(B, 2, H, W)`` patch probabilities upsampled to the mask size (bilinear,
+            ``align_corners=False``, no smoothing), channel 0 = normal, 1 = anomalous.
+        mask: ``(B, 1, H, W)`` or ``(B, H, W)`` ground truth in {0, 1}.
+    Returns:
+        Scalar tensor.
+    Raises:
+        ValueError: wrong shapes or a non-binary mask.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+    """
+    _check_probs(probs)
+    target = _as_mask(mask, probs[:, 0])
+    return focal_loss(probs, target) + dice_loss(probs[:, 1], target) + dice_loss(probs[:, 0], 1 - target)

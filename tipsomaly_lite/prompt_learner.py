@@ -1,0 +1,107 @@
+"""Learnable pixel prompts: two ``(n, D)`` tensors prepended to the text tokens (SPEC §2.3).
+
+The sentences are the fixed prompt ensemble with the class word ``object``. For each sentence,
+the n learnable vectors of its state (normal or anomalous) are put *before* the sqrt(D)-scaled
+token embeddings (they are not scaled themselves), marked as real tokens (padding flag 0), and
+the sequence is cut back to 64; the frozen text tower then adds the sinusoidal positions and
+runs as usual. Per state: normalise each sentence, average, normalise. Only the 2·n·D prompt
+values train.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tipsomaly_lite.prompts import PromptSet, ensemble, get_prompt_set
+from tipsomaly_lite.tips import TIPS
+
+__all__ = ["PromptLearner", "DEFAULT_N_TOKENS", "DEFAULT_CLASS_WORD", "INIT_STD"]
+
+DEFAULT_N_TOKENS = 8
+DEFAULT_CLASS_WORD = "object"
+INIT_STD = 0.02
+
+
+class PromptLearner(nn.Module):
+    """Two learnable prompt tensors and the frozen text tower that turns them into text features.
+
+    Args:
+        model: a loaded TIPS (its text tower and tokenizer are used, never trained).
+        n_tokens: learnable vectors per state (8 in the paper).
+        prompt_set: sentence ensemble (default ``industrial``).
+        class_word: the word in the sentences (``object``: the prompts are class-agnostic).
+        generator: seeds the ``randn * 0.02`` initialisation.
+        normal, anomalous: start from these ``(n, D)`` tensors instead (e.g. released prompts).
+
+    Calling the learner returns ``text_features (2, D)``, rows (normal, anomalous), L2-normalised,
+    differentiable with respect to :attr:`normal` and :attr:`anomalous` only.
+    """
+
+    def __init__(self, model: TIPS, n_tokens: int = DEFAULT_N_TOKENS, prompt_set: str | PromptSet | None = None,
+                 class_word: str = DEFAULT_CLASS_WORD, generator: torch.Generator | None = None,
+                 normal: Tensor | None = None, anomalous: Tensor | None = None) -> None:
+        super().__init__()
+        width = model.text.arch.text_width
+        if normal is not None or anomalous is not None:
+            if normal is None or anomalous is None:
+                raise ValueError("pass both normal= and anomalous= prompt tensors, or neither")
+            for what, t in (("normal", normal), ("anomalous", anomalous)):
+                if t.ndim != 2 or t.shape[1] != width:
+                    raise ValueError(f"{what} prompts must be (n, {width}) for this model's text width, "
+                                     f"got {tuple(t.shape)}")
+            if normal.shape != anomalous.shape:
+                raise ValueError(f"normal {tuple(normal.shape)} and anomalous {tuple(anomalous.shape)} prompts "
+                                 "differ in shape")
+            n_tokens = normal.shape[0]
+            init = [normal.detach().float().clone(), anomalous.detach().float().clone()]
+        else:
+            if n_tokens < 1:
+                raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+            init = [torch.randn(n_tokens, width, generator=generator) * INIT_STD for _ in range(2)]
+        max_len = model.tokenizer.max_len
+        if n_tokens >= max_len:
+            raise ValueError(f"n_tokens={n_tokens} leaves no room for text in a {max_len}-token sequence")
+        device = model.device
+        self.normal = nn.Parameter(init[0].to(device))
+        self.anomalous = nn.Parameter(init[1].to(device))
+        self.prompt_set = get_prompt_set(prompt_set)
+        self.class_word = class_word
+        # The tower is held outside the module tree so it stays out of state_dict() and the optimizer.
+        self.__dict__["text"] = model.text
+        normal_sentences, anomalous_sentences = self.prompt_set.sentences(class_word)
+        self.n_normal = len(normal_sentences)
+        ids, padding = model.tokenizer(normal_sentences + anomalous_sentences)
+        # Prepending n vectors then cutting to max_len keeps the first max_len - n text positions.
+        keep = max_len - n_tokens
+        ids, padding = ids[:, :keep], padding[:, :keep]
+        # Trailing padding changes nothing (masked keys, absolute positions, masked mean): drop it.
+        longest = int((~padding).sum(dim=1).max())
+        ids, padding = ids[:, :longest], padding[:, :longest]
+        with torch.no_grad():
+            embeddings = model.text.embed_tokens(ids.to(device))
+        self.register_buffer("token_embeddings", embeddings, persistent=False)
+        self.register_buffer("padding", torch.cat(
+            [torch.zeros(len(ids), n_tokens, dtype=torch.bool), padding], dim=1).to(device), persistent=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.normal.shape[0]
+
+    def forward(self) -> Tensor:
+        """``text_features (2, D)`` from the current prompts."""
+        n_sent = self.token_embeddings.shape[0]
+        state = torch.zeros(n_sent, dtype=torch.long, device=self.normal.device)
+        state[self.n_normal:] = 1
+        prompts = torch.stack([self.normal, self.anomalous])[state]  # (S, n, D): each sentence's state
+        x = torch.cat([prompts.to(self.token_embeddings.dtype), self.token_embeddings], dim=1)
+        feats = self.text.encode_embeddings(x, self.padding)
+        return torch.stack([ensemble(feats[:self.n_normal]), ensemble(feats[self.n_normal:])])
+
+    def prompts(self) -> tuple[Tensor, Tensor]:
+        """Detached copies ``(normal (n, D), anomalous (n, D))``."""
+        return self.normal.detach().clone(), self.anomalous.detach().clone()
+
+    def extra_repr(self) -> str:
+        return (f"n_tokens={self.n_tokens}, width={self.normal.shape[1]}, prompt_set={self.prompt_set.name!r}, "
+                f"class_word={self.class_word!r}, sentences={self.n_normal}+{len(self.padding) - self.n_normal}")
