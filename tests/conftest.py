@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import re
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -36,3 +40,69 @@ def tiny(_isolated_home):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MeaninglessResultsWarning)
         return load_tips("tiny")
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files``; honours ``Range`` unless ``server.ignore_range``.
+
+    ``server.drop_after`` (bytes) makes the next response announce the full length, send only
+    that many bytes and close the connection, as a flaky host would; with ``server.stall``
+    (seconds) it first goes silent for that long, so the client times out.
+    """
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append({"path": self.path, **dict(self.headers)})
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404, "not found")
+            return
+        start = 0
+        range_header = self.headers.get("Range")
+        if range_header and not srv.ignore_range:
+            start = int(re.match(r"bytes=(\d+)-", range_header).group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.drop_after is not None:
+            cut, srv.drop_after = srv.drop_after, None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            if srv.stall:  # keep the socket open but silent, as a hung host does
+                time.sleep(srv.stall)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server (no internet): serves ``http_server.files`` (path -> bytes) at ``.url``;
+    ``.requests`` records each request's path and headers."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    srv.files = {}
+    srv.requests = []
+    srv.ignore_range = False
+    srv.drop_after = None
+    srv.stall = 0.0
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)

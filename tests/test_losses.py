@@ -127,3 +127,23 @@ def test_non_binary_mask_is_an_error():
     probs, mask = random_case(9)
     with pytest.raises(ValueError, match="only 0 and 1"):
         focal_loss(probs, mask * 0.5)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 17, 11), (1, 2, 64, 64)])
+def test_fused_loss_has_the_same_value_and_gradient(shape):
+    from tipsomaly_lite.losses import fused_segmentation_loss
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(*shape, dtype=torch.float64, generator=g) * 3
+    mask = (torch.rand(shape[0], 1, *shape[2:], generator=g) > 0.7).double()
+    mask[0] = 0  # an all-normal image too
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    want = segmentation_loss(a.softmax(1), mask)
+    got = fused_segmentation_loss(b.softmax(1), mask)
+    want.backward()
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-15)
+    probs = logits[:, :, :4, :3].softmax(1).clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: fused_segmentation_loss(p, mask[:, :, :4, :3]), (probs,))

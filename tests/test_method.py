@@ -213,3 +213,15 @@ def test_detector_rejects_bad_settings(tiny):
         Detector(tiny, None, token="cls3")
     with pytest.raises(ValueError, match="class words"):
         Detector(tiny).predict(torch.rand(2, 3, 28, 28), ["a", "b", "c"])
+
+
+def test_package_exports_the_entry_points():
+    import tipsomaly_lite
+
+    from tipsomaly_lite.training import train_prompts
+
+    assert tipsomaly_lite.Detector is Detector and tipsomaly_lite.train_prompts is train_prompts
+    for name in tipsomaly_lite.__all__:
+        assert getattr(tipsomaly_lite, name) is not None
+    with pytest.raises(AttributeError, match="nope"):
+        tipsomaly_lite.nope

@@ -9,11 +9,9 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import hashlib
-import http.server
 import os
 import pickle
 import re
-import threading
 import zipfile
 
 import pytest
@@ -266,34 +264,9 @@ def test_unknown_name():
 # ------------------------------------------------------------------------------- fetching
 
 
-class FileHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404, "not found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
-    srv.files = {}
-    srv.requests = []
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+def server(http_server):
+    return http_server
 
 
 @pytest.fixture
@@ -315,13 +288,13 @@ def test_fetch_and_load_end_to_end(server, served_prompts):
     entry, (normal, anomalous), dest = served_prompts
     path = fetch_released_prompts("mvtec")
     assert path == dest and dest.is_file()
-    assert server.requests == ["/p.pth"]
+    assert [q["path"] for q in server.requests] == ["/p.pth"]
 
     got_n, got_a = load_released_prompts("mvtec", download=False)  # from the cache, no network
     torch.testing.assert_close(got_n, normal, rtol=0, atol=0)
     torch.testing.assert_close(got_a, anomalous, rtol=0, atol=0)
     load_released_prompts("mvtec")  # cached and verified: no second request
-    assert server.requests == ["/p.pth"]
+    assert [q["path"] for q in server.requests] == ["/p.pth"]
 
 
 def test_sha_mismatch_is_an_error(server, served_prompts, monkeypatch):

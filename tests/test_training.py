@@ -142,3 +142,23 @@ def test_resume_refuses_other_settings_and_bad_files(tiny, toy, tmp_path):
 def test_disk_cache_in_the_run_folder(tiny, toy, tmp_path):
     train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4, cache="disk"), tmp_path / "d", progress=False)
     assert list((tmp_path / "d" / "feature_cache").glob("*/*/*.npz"))
+
+
+def test_backward_step_equals_the_plain_loss_backward(tiny, toy):
+    import torch.nn.functional as F
+
+    from tipsomaly_lite.training import backward_step, bilinear_matrix
+
+    x = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(bilinear_matrix(8, 112) @ x @ bilinear_matrix(6, 84).T,
+                               F.interpolate(x, size=(112, 84), mode="bilinear", align_corners=False))
+    cache = FeatureCache(tiny, SIZE, dtype=torch.float32, progress=False)
+    batch = cache.get(toy, [0, 1, 4, 6, 7])
+    learner = PromptLearner(tiny, generator=torch.Generator().manual_seed(1))
+    grid = tiny.patch_grid(SIZE)
+    want = _step(learner, batch["patch_tokens"], batch["mask"], tiny.temperature, grid)
+    learner.zero_grad()
+    got = backward_step(learner, batch["patch_tokens"], batch["mask"], tiny.temperature, grid)
+    assert got == pytest.approx(want[0], rel=1e-5)
+    torch.testing.assert_close(learner.normal.grad, want[1], rtol=1e-4, atol=1e-5 * float(want[1].abs().max()))
+    torch.testing.assert_close(learner.anomalous.grad, want[2], rtol=1e-4, atol=1e-5 * float(want[2].abs().max()))

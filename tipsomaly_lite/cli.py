@@ -160,7 +160,6 @@ def _image_files(specs: list[str]) -> list[Path]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import torch
     from matplotlib import pyplot as plt
     from PIL import Image
 

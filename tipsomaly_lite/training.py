@@ -14,6 +14,7 @@ equals an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -34,12 +35,12 @@ from tqdm.auto import tqdm
 from tipsomaly_lite import __version__
 from tipsomaly_lite.atomic import atomic_file
 from tipsomaly_lite.feature_cache import FeatureCache, encode_batch
-from tipsomaly_lite.losses import segmentation_loss
+from tipsomaly_lite.losses import fused_segmentation_loss, segmentation_loss
 from tipsomaly_lite.prompt_learner import PromptLearner
 from tipsomaly_lite.scoring import patch_probabilities
 from tipsomaly_lite.tips import TIPS
 
-__all__ = ["TrainConfig", "TrainResult", "training_loss", "train_prompts", "load_trained_prompts",
+__all__ = ["TrainConfig", "TrainResult", "training_loss", "backward_step", "bilinear_matrix", "train_prompts", "load_trained_prompts",
            "latest_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "tipsomaly_lite.prompts/1"
@@ -113,6 +114,45 @@ def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     probs = probs.transpose(1, 2).reshape(b, 2, *grid)
     probs = F.interpolate(probs, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     return segmentation_loss(probs, masks)
+
+
+@functools.lru_cache(maxsize=8)
+def bilinear_matrix(n_in: int, n_out: int) -> Tensor:
+    """``(n_out, n_in)`` weights of 1-D linear resizing as ``F.interpolate`` does it (align_corners False).
+
+    Bilinear upsampling is separable: ``up(X) = R @ X @ C.T`` with ``R``, ``C`` such matrices.
+    Built by resizing the identity, so the weights are PyTorch's own.
+    """
+    eye = torch.eye(n_in)[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, temperature: float,
+                  grid: tuple[int, int]) -> float:
+    """:func:`training_loss` and its backward pass, image by image; returns the loss.
+
+    The same value and prompt gradients as ``training_loss(...).backward()`` (the loss is a mean
+    of per-image terms), but the 518 x 518 maps of one image at a time stay in the CPU cache
+    instead of eight at once in memory, the bilinear upsampling is done as two small matrix
+    products (whose backward pass is much faster than ``upsample_bilinear2d``'s) and the loss by
+    :func:`~tipsomaly_lite.losses.fused_segmentation_loss` (same value and gradient, fewer passes). The text tower runs once per step; its gradient is collected on a detached copy of the
+    text features and pushed through once.
+    """
+    b, n, _ = patch_tokens.shape
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {grid} does not hold {n} patches")
+    rows, cols = (bilinear_matrix(g, s).to(patch_tokens) for g, s in zip(grid, masks.shape[-2:]))
+    text = learner()
+    text_leaf = text.detach().requires_grad_()
+    total = 0.0
+    for i in range(b):
+        probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature).transpose(1, 2)
+        probs = rows @ probs.reshape(1, 2, *grid) @ cols.T  # = F.interpolate(bilinear), as two GEMMs
+        loss = fused_segmentation_loss(probs, masks[i:i + 1]) / b
+        loss.backward()
+        total += float(loss.detach())
+    text.backward(text_leaf.grad)
+    return total
 
 
 @contextlib.contextmanager
@@ -280,11 +320,10 @@ def train_prompts(model: TIPS, dataset: Any, config: TrainConfig | None = None,
             for step in bar:
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size].tolist()
                 tokens, masks = _batch(model, dataset, cache, idx)
-                loss = training_loss(learner, tokens, masks, model.temperature, grid)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = backward_step(learner, tokens, masks, model.temperature, grid)
                 optimizer.step()
-                row = {"epoch": epoch, "step": len(result.history) + 1, "loss": float(loss.detach())}
+                row = {"epoch": epoch, "step": len(result.history) + 1, "loss": loss}
                 result.history.append(row)
                 losses.append(row["loss"])
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
