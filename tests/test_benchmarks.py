@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,16 @@ def test_bench_metrics_smoke(tmp_path):
         assert rows[task]["speed_ratio"] > 0 and rows[task]["reference_peak_mib"] >= 0
     assert all(0 <= r["ours_value"] <= 1 and r["ours_s"] > 0 and r["ours_peak_mib"] >= 0 for r in rows.values())
     assert rows["aupro_standard"]["reference_s"] is None
+
+
+def test_bench_training_smoke(tmp_path):
+    out = tmp_path / "training.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--quick", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TIPSOMALY_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "speed ratio" in done.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["model"] == "tiny" and row["epochs"] == 2
+    assert row["uncached_epoch_s"] > 0 and row["cached_epoch_s"] > 0
+    assert row["prompt_max_abs_diff"] < 1e-2  # the two runs train the same prompts (fp16 cache)

@@ -49,6 +49,7 @@ def test_train_resume_evaluate(data_root, tmp_path, capsys):
     config = json.loads((ev / "config.json").read_text())
     assert config["pixel_prompts"] == str(run) and config["mode"] == "decoupled"
     assert config["aupro_mode"] == "compat" and config["global_token"] == "cls2" and config["image_size"] == 84
+    assert config["seed"] == 111 and config["prompts_training"]["epochs"] == 2
     rows = list(csv.reader((ev / "results.csv").open()))
     assert [r[1] for r in rows[1:]] == ["carpet", "hex_nut", "mean"]
 
@@ -84,6 +85,7 @@ def test_predict_writes_overlays_and_scores(data_root, tmp_path, capsys):
     assert "meaningless" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore::tipsomaly_lite.offline.MeaninglessResultsWarning")
 def test_user_errors_are_one_clear_line(data_root, tmp_path, capsys):
     assert main(["evaluate", "--dataset", "visa", "--data-root", str(tmp_path), *SIZE]) == 2
     assert "no prepared dataset" in capsys.readouterr().err
@@ -102,3 +104,28 @@ def test_module_entry_point_lists_the_commands():
     assert done.returncode == 0
     for command in ("train", "evaluate", "predict", "demo", "fetch"):
         assert command in done.stdout
+
+
+def test_benchmark_runs_the_cross_dataset_protocol(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_toy_dataset(data / "mvtec", classes=["pill"], n_train=0, n_normal=2, n_anomalous=2)
+    make_toy_dataset(data / "btad", classes=["carpet"], n_train=0, n_normal=2, n_anomalous=2)
+    run = tmp_path / "run"
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["train", "--dataset", "mvtec", "--data-root", str(data), "--epochs", "1", "--out", str(run),
+                     *SIZE]) == 0
+        assert main(["benchmark", "--data-root", str(data), "--mvtec-prompts", str(run), "--visa-prompts",
+                     str(run), "--out", str(tmp_path / "bench"), *SIZE]) == 0
+    out = capsys.readouterr().out
+    assert "**mvtec**" in out and "**btad**" in out and "mvtec (paper)" in out and "mean of 2" in out
+    table = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "MEANINGLESS" in table and "AUPRO: compat" in table
+    for key, source in (("mvtec", "visa"), ("btad", "mvtec")):
+        config = json.loads((tmp_path / "bench" / key / "config.json").read_text())
+        assert config["pixel_prompts"] == f"{run} (trained on {source})" and config["mode"] == "decoupled"
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["benchmark", "--data-root", str(data), "--datasets", "btad", "--training-free",
+                     "--out", str(tmp_path / "free"), *SIZE]) == 0
+    assert json.loads((tmp_path / "free" / "btad" / "config.json").read_text())["mode"] == "training_free"
+    assert main(["benchmark", "--data-root", str(data), "--datasets", "visa", *SIZE]) == 2
+    assert "no prepared dataset for ['visa']" in capsys.readouterr().err

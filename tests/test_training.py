@@ -123,12 +123,14 @@ def test_checkpoints_resume_and_equal_an_uninterrupted_run(tiny, toy, tmp_path):
 
 
 def test_resume_refuses_other_settings_and_bad_files(tiny, toy, tmp_path):
-    train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "r", progress=False)
+    train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=4), tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="other settings"):
         train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=4, lr=0.01), tmp_path / "r", progress=False)
     fresh = train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4, lr=0.01), tmp_path / "r", resume=False,
                           progress=False)
     assert fresh.resumed_from == 0
+    assert [p.name for p in (tmp_path / "r" / "checkpoints").iterdir()] == ["epoch_001.safetensors"]
+    torch.testing.assert_close(load_trained_prompts(tmp_path / "r"), fresh.prompts())
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         load_trained_prompts(tmp_path)
     bad = tmp_path / "x.safetensors"

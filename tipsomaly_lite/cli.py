@@ -4,6 +4,7 @@
 - ``fetch``: download a TIPS variant into the cache.
 - ``train``: learn the pixel prompts on an auxiliary dataset (a run folder with checkpoints).
 - ``evaluate``: the six metrics per class on a dataset (Markdown, CSV, JSON + config).
+- ``benchmark``: the paper's table: every prepared dataset, prompts trained on the other dataset.
 - ``predict``: anomaly-map overlays and a CSV of scores for your own images.
 
 All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tipsomaly_lite import __version__
+from tipsomaly_lite.atomic import atomic_file
 
 #: Errors a user can fix (a path, a name, a setting): printed as one line, exit code 2.
 #: The paper's input side (37 x 37 patches).
@@ -123,6 +125,17 @@ def _detector(args: argparse.Namespace, model, prompts: Any, source: str):
                     sigma=args.sigma, prompts_source=source)
 
 
+def _prompts_provenance(args: argparse.Namespace) -> dict[str, Any]:
+    """The training seed and settings of --prompts when it is one of our run folders (else seed None)."""
+    import json
+
+    run_config = Path(args.prompts or "") / "config.json"
+    if args.prompts and run_config.is_file():
+        train = json.loads(run_config.read_text()).get("train", {})
+        return {"seed": train.get("seed"), "prompts_training": train}
+    return {"seed": None}  # evaluation itself draws no random numbers
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from tipsomaly_lite.evaluation import evaluate
 
@@ -134,11 +147,55 @@ def _evaluate(args: argparse.Namespace) -> int:
     detector = _detector(args, model, prompts, source)
     print(detector)
     result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
-                      num_workers=args.workers, progress=not args.quiet)
+                      num_workers=args.workers, progress=not args.quiet, extra_config=_prompts_provenance(args))
     out = Path(args.out or Path("runs") / "eval" / args.dataset)
     paths = result.save(out, paper=args.paper)
     print(result.to_markdown(paper=args.paper))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
+    from tipsomaly_lite.datasets import DATASET_KEYS, AnomalyDataset
+    from tipsomaly_lite.detector import Detector
+    from tipsomaly_lite.evaluation import benchmark_table, evaluate, prompts_trained_on
+    from tipsomaly_lite.released_prompts import load_released_prompts
+    from tipsomaly_lite.training import load_trained_prompts
+
+    root = Path(args.data_root)
+    keys = args.datasets or [k for k in DATASET_KEYS if (root / k / "meta.json").is_file()]
+    missing = [k for k in keys if not (root / k / "meta.json").is_file()]
+    if missing or not keys:
+        raise FileNotFoundError(f"no prepared dataset for {missing or list(DATASET_KEYS)} under {root}; prepare "
+                                "them with `python data_scripts/prepare_dataset.py KEY --data-root DATA`")
+    runs = {"mvtec": args.mvtec_prompts, "visa": args.visa_prompts}
+
+    def prompts_for(key: str) -> tuple[Any, str]:
+        if args.training_free:
+            return None, "none"
+        source = prompts_trained_on(key)
+        if runs[source]:
+            return load_trained_prompts(runs[source]), f"{runs[source]} (trained on {source})"
+        return load_released_prompts(source), f"released:{source}"
+
+    plan = {key: prompts_for(key) for key in keys}  # fetch every prompt file before the long part
+    model = _load_model(args)
+    out = Path(args.out)
+    results = {}
+    for key, (prompts, source) in plan.items():
+        dataset = AnomalyDataset(root / key, image_size=model.image_size, key=key)
+        print(f"\n== {key}: {dataset}\n   prompts: {source}")
+        detector = Detector(model, prompts, prompt_set=args.prompt_set, token=args.token, sigma=args.sigma,
+                            prompts_source=source)
+        results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
+                                num_workers=args.workers, progress=not args.quiet)
+        results[key].save(out / key, paper=True)
+    table = benchmark_table(results)
+    with atomic_file(out / "benchmark.md", "w", encoding="utf-8") as f:
+        f.write(table)
+    print("\n" + table)
+    print(f"wrote {out / 'benchmark.md'} and one folder per dataset under {out}")
     return 0
 
 
@@ -161,9 +218,7 @@ def _image_files(specs: list[str]) -> list[Path]:
 
 def _predict(args: argparse.Namespace) -> int:
     from matplotlib import pyplot as plt
-    from PIL import Image
 
-    from tipsomaly_lite.atomic import atomic_file
     from tipsomaly_lite.preprocess import to_float_rgb
     from tipsomaly_lite.viz import overlay_anomaly_map, upsample_map
 
@@ -177,7 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
     rows = []
     for start in range(0, len(files), args.batch_size):
         chunk = files[start:start + args.batch_size]
-        originals = [to_float_rgb(Image.open(f)) for f in chunk]
+        originals = [to_float_rgb(f) for f in chunk]  # names the file when it cannot be read
         pred = detector.predict(model.preprocess(originals, size), args.class_name)
         for i, (path, original) in enumerate(zip(chunk, originals)):
             # The map is drawn over the photo at its own size, not over the squashed model input.
@@ -285,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="output folder (default: runs/eval/<dataset>)")
     ev.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
     ev.set_defaults(func=_guarded(_evaluate))
+
+    bench = sub.add_parser("benchmark", help="the paper's table: every prepared dataset, cross-dataset prompts")
+    bench.add_argument("--data-root", default="data", help="folder holding the prepared datasets (default: data)")
+    bench.add_argument("--datasets", nargs="+", default=None, help="default: every prepared one of the seven")
+    _model_args(bench)
+    bench.add_argument("--mvtec-prompts", default=None,
+                       help="run folder of prompts trained on MVTec AD (evaluate the others); default: released")
+    bench.add_argument("--visa-prompts", default=None,
+                       help="run folder of prompts trained on VisA (evaluate MVTec AD); default: released")
+    bench.add_argument("--training-free", action="store_true", help="fixed prompts only, no learned ones")
+    bench.add_argument("--token", default="cls1", choices=["cls1", "cls2"], help="global token (default: cls1)")
+    bench.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the maps, px (default: 4)")
+    bench.add_argument("--aupro-mode", default="compat", choices=["standard", "compat"],
+                       help="compat (default here: the paper's recipe) or standard")
+    bench.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    bench.add_argument("--out", default="runs/benchmark", help="output folder (default: runs/benchmark)")
+    bench.set_defaults(func=_guarded(_benchmark))
 
     pr = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     pr.add_argument("--images", nargs="+", required=True, help="image files and/or folders")

@@ -83,7 +83,7 @@ class Detector:
         self.local_weight = float(local_weight)
         self.prompt_set = get_prompt_set(prompt_set)
         self.bank = TextFeatureBank(model, self.prompt_set)
-        self.prompts_source = prompts_source or ("none" if prompts is None else "given")
+        self.prompts_source = "none" if prompts is None or mode == "training_free" else prompts_source or "given"
         self.learned_features: Tensor | None = None  # (2, D)
         self.n_prompt_tokens = 0
         if prompts is not None and mode != "training_free":

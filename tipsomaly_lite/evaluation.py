@@ -29,7 +29,7 @@ from tipsomaly_lite.detector import Detector
 from tipsomaly_lite.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator, image_metrics
 
 __all__ = ["METRICS", "METRIC_LABELS", "PAPER_RESULTS", "SCORE_KINDS", "EvaluationResult", "evaluate",
-           "paper_table"]
+           "paper_table", "benchmark_table", "prompts_trained_on"]
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max")
 METRIC_LABELS = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max",
@@ -154,13 +154,48 @@ class EvaluationResult:
         return paths
 
 
+def _table(rows: list[tuple[str, dict[str, float]]], first: str) -> list[str]:
+    head = [first] + [METRIC_LABELS[m] for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([name] + [_fmt(row[k]) for k in METRICS]) + " |" for name, row in rows]
+    return lines
+
+
 def paper_table() -> str:
     """The paper's Table 1 as Markdown (x100)."""
-    head = ["dataset"] + [METRIC_LABELS[m] for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in PAPER_RESULTS.items():
-        lines.append("| " + " | ".join([name] + [_fmt(row[k]) for k in METRICS]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(_table(list(PAPER_RESULTS.items()), "dataset")) + "\n"
+
+
+def prompts_trained_on(dataset: str) -> str:
+    """Which dataset's learned prompts evaluate ``dataset`` under the paper's protocol (SPEC §2.3).
+
+    Prompts trained on VisA evaluate MVTec AD; prompts trained on MVTec AD evaluate every other dataset.
+    """
+    return "visa" if dataset == "mvtec" else "mvtec"
+
+
+def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) -> str:
+    """One row per dataset (its mean over classes) and the mean over datasets, x100.
+
+    Args:
+        results: dataset key -> its :class:`EvaluationResult`, in table order.
+        paper: add the paper's row under each dataset and its industrial mean.
+    """
+    rows: list[tuple[str, dict[str, float]]] = []
+    for name, result in results.items():
+        rows.append((f"**{name}**", result.mean))
+        if paper and name in PAPER_RESULTS:
+            rows.append((f"{name} (paper)", PAPER_RESULTS[name]))
+    means = {k: float(np.mean([r.mean[k] for r in results.values()])) for k in METRICS}
+    rows.append((f"**mean of {len(results)}**", means))
+    if paper:
+        rows.append(("industrial mean of 7 (paper)", PAPER_RESULTS["industrial_mean"]))
+    lines = []
+    if any(r.offline for r in results.values()):
+        lines += [MEANINGLESS_BANNER, ""]
+    modes = sorted({str(r.config.get("aupro_mode")) for r in results.values()})
+    lines += [f"Mean over classes per dataset, x100; AUPRO: {', '.join(modes)} (the paper's is compat).", ""]
+    return "\n".join(lines + _table(rows, "dataset")) + "\n"
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:

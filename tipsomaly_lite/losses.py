@@ -116,35 +116,40 @@ def segmentation_loss(probs: Tensor, mask: Tensor) -> Tensor:
 
 
 class _FusedSegmentationLoss(torch.autograd.Function):
-    """:func:`segmentation_loss` with a hand-written gradient: a few passes over the pixels, not ~80."""
+    """:func:`segmentation_loss` of ``(1 - u, u)`` with a hand-written gradient: ~20 passes over the pixels, not ~80."""
 
     @staticmethod
-    def forward(ctx, probs: Tensor, target: Tensor, smooth: float) -> Tensor:  # type: ignore[override]
-        b = probs.shape[0]
-        p0, p1 = probs[:, 0], probs[:, 1]
-        # Focal with gamma 2: the true class gets weight 1 - smooth, the other smooth, plus smooth.
-        # The target is 0 or 1, so p0 + t (p1 - p0) picks the true class's probability.
-        pt = (1 - 2 * smooth) * torch.addcmul(p0, target, p1 - p0) + smooth * (p0 + p1) + smooth
+    def forward(ctx, u: Tensor, target: Tensor, smooth: float) -> Tensor:  # type: ignore[override]
+        b, n_pixels = u.shape[0], u.numel()
+        a = 1 - 2 * smooth
+        au = a * u
+        # Focal, gamma 2. With the normal channel 1 - u and the smoothed one-hot target,
+        # pt = a u + 2s on anomalous pixels and 1 - a u on normal ones (t is 0 or 1).
+        # (In-place steps below only save allocations; the formulas are the comments'.)
+        pt = torch.addcmul(torch.rsub(au, 1), target, au.mul_(2).add_(2 * smooth - 1))
         log_pt = pt.log()
-        one_minus = 1 - pt
-        n_pixels = pt.numel()
-        focal = -(one_minus.square() * log_pt).sum() / n_pixels
-        # d focal / d pt, per pixel, already divided by the number of pixels.
-        d_pt = (2 * one_minus * log_pt - one_minus.square() / pt) / n_pixels
-        # Dice on each channel: ratio_b = (2 I + 1) / (S_p + S_t + 1); loss = 1 - mean_b ratio_b.
-        grads, dice = [], 0.0
-        for p, t in ((p1, target), (p0, 1 - target)):
-            inter = (p * t).flatten(1).sum(1)
-            denom = p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1
-            ratio = (2 * inter + 1) / denom
-            dice = dice + 1 - ratio.mean()
-            # d(1 - mean ratio)/dp = -(2 t denom - (2 I + 1)) / denom^2 / B, per image b.
-            grads.append(-(2 * t - ratio.view(b, 1, 1)) / (denom.view(b, 1, 1) * b))
-        # pt = (1 - 2s) p_true + s (p0 + p1) + s: each channel's share of d_pt.
-        share1 = (1 - 2 * smooth) * target + smooth
-        d_p1 = d_pt * share1 + grads[0]
-        d_p0 = d_pt * (1 - share1) + grads[1]
-        ctx.save_for_backward(torch.stack([d_p0, d_p1], dim=1))
+        one_minus = torch.rsub(pt, 1)
+        sq = one_minus.square()
+        focal = -torch.dot(sq.flatten(), log_pt.flatten()) / n_pixels
+        # d focal / d u = a (2t - 1) (2 (1 - pt) log pt - (1 - pt)^2 / pt) / n_pixels
+        d_pt = one_minus.mul_(log_pt).mul_(2).sub_(sq.div_(pt))
+        # Dice on both channels from four sums: ratio = (2 I + 1) / (S_p + S_t + 1) per image.
+        sum_u, sum_t = u.flatten(1).sum(1), target.flatten(1).sum(1)
+        inter = (u * target).flatten(1).sum(1)
+        pixels = u[0].numel()
+        den_a = sum_u + sum_t + 1
+        ratio_a = (2 * inter + 1) / den_a
+        inter_n = pixels - sum_u - sum_t + inter  # sum of (1 - u)(1 - t)
+        den_n = 2 * pixels - sum_u - sum_t + 1
+        ratio_n = (2 * inter_n + 1) / den_n
+        dice = (1 - ratio_a.mean()) + (1 - ratio_n.mean())
+        # Both Dice gradients are linear in t: d/du = (slope t + offset) per image.
+        slope = (-2 / den_a - 2 / den_n) / b
+        offset = (ratio_a / den_a + 2 / den_n - ratio_n / den_n) / b
+        view = (b,) + (1,) * (u.ndim - 1)
+        grad = torch.addcmul(offset.view(view), target, slope.view(view))
+        grad.addcmul_(d_pt, target.mul(2 * a / n_pixels).sub_(a / n_pixels))
+        ctx.save_for_backward(grad)
         return focal + dice
 
     @staticmethod
@@ -153,18 +158,22 @@ class _FusedSegmentationLoss(torch.autograd.Function):
         return grad_output * grad, None, None
 
 
-def fused_segmentation_loss(probs: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tensor:
-    """:func:`segmentation_loss` (γ = 2) with the same value and gradient, computed in a few passes.
+def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tensor:
+    """``segmentation_loss(stack([1 - u, u], 1), mask)`` with the same value and gradient, in far fewer passes.
 
-    Training calls this once per image per step; the readable version above is the definition,
-    and a test checks that the two agree. The mask is not checked for values other than 0 and 1
-    (the feature cache stores binary masks).
+    Training calls this once per image per step on the upsampled anomalous probability only
+    (the normal one is ``1 - u``: the two softmax outputs sum to 1 and bilinear upsampling keeps
+    that); the readable :func:`segmentation_loss` is the definition, and a test checks that the
+    two agree. The mask is not checked for values other than 0 and 1 (the feature cache stores
+    binary masks).
 
     Args:
-        probs: ``(B, 2, H, W)`` probabilities, channel 0 = normal, 1 = anomalous.
+        anomalous: ``(B, H, W)`` anomalous-class probabilities ``u``.
         mask: ``(B, 1, H, W)`` or ``(B, H, W)`` in {0, 1}.
     Returns:
         Scalar tensor.
     """
-    _check_probs(probs)
-    return _FusedSegmentationLoss.apply(probs, _as_mask(mask, probs[:, 0]), smooth)
+    if anomalous.ndim != 3 or not anomalous.is_floating_point():
+        raise ValueError(f"anomalous must be (B, H, W) float probabilities, got {tuple(anomalous.shape)} "
+                         f"{anomalous.dtype}")
+    return _FusedSegmentationLoss.apply(anomalous, _as_mask(mask, anomalous), smooth)

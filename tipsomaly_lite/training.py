@@ -146,8 +146,9 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     text_leaf = text.detach().requires_grad_()
     total = 0.0
     for i in range(b):
-        probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature).transpose(1, 2)
-        probs = rows @ probs.reshape(1, 2, *grid) @ cols.T  # = F.interpolate(bilinear), as two GEMMs
+        # Only the anomalous channel: the normal one is 1 - it (see fused_segmentation_loss).
+        probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature)[..., 1]
+        probs = rows @ probs.reshape(1, *grid) @ cols.T  # = F.interpolate(bilinear), as two GEMMs
         loss = fused_segmentation_loss(probs, masks[i:i + 1]) / b
         loss.backward()
         total += float(loss.detach())
@@ -285,7 +286,10 @@ def train_prompts(model: TIPS, dataset: Any, config: TrainConfig | None = None,
     done = 0
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        last = latest_checkpoint(run_dir) if resume else None
+        if not resume:  # a fresh start must not leave older epochs that a later resume would pick up
+            for old in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
+                old.unlink()
+        last = latest_checkpoint(run_dir)
         if last is not None:
             _check_resumable(run_dir, config)
             tensors, done = _read_checkpoint(last)
@@ -293,7 +297,8 @@ def train_prompts(model: TIPS, dataset: Any, config: TrainConfig | None = None,
                 learner.normal.copy_(tensors["normal"])
                 learner.anomalous.copy_(tensors["anomalous"])
             for i, param in enumerate((learner.normal, learner.anomalous)):
-                state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
+                state = {k.split(".")[-1]: v if k.endswith(".step") else v.to(param.device)
+                         for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
                 if state:
                     optimizer.state[param] = state
             if (run_dir / "history.json").is_file():
