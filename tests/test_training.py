@@ -141,9 +141,16 @@ def test_resume_refuses_other_settings_and_bad_files(tiny, toy, tmp_path):
         TrainConfig(cache="gpu")
 
 
-def test_disk_cache_in_the_run_folder(tiny, toy, tmp_path):
+def test_disk_cache_in_the_run_folder(tiny, toy, tmp_path, monkeypatch):
     train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4, cache="disk"), tmp_path / "d", progress=False)
     assert list((tmp_path / "d" / "feature_cache").glob("*/*/*.npz"))
+    train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "m", progress=False)
+    assert not (tmp_path / "m" / "feature_cache").exists()  # auto: small enough for memory
+    import tipsomaly_lite.training as training
+
+    monkeypatch.setattr(training, "MEMORY_CACHE_LIMIT", 1000)
+    train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "a", progress=False)
+    assert list((tmp_path / "a" / "feature_cache").glob("*/*/*.npz"))  # auto: too big, so on disk
 
 
 def test_backward_step_equals_the_plain_loss_backward(tiny, toy):

@@ -324,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     train.add_argument("--seed", type=int, default=111, help="(default: 111)")
     train.add_argument("--n-tokens", type=int, default=8, help="learnable vectors per state (default: 8)")
-    train.add_argument("--cache", default="memory", choices=["memory", "disk", "none"],
-                       help="frozen-feature cache (default: memory; disk keeps it in the run folder)")
+    train.add_argument("--cache", default="auto", choices=["auto", "memory", "disk", "none"],
+                       help="frozen-feature cache (default auto: memory up to 2 GiB, else disk in the run folder)")
     train.add_argument("--cache-dtype", default="float16", choices=["float16", "float32"])
     train.add_argument("--no-resume", action="store_true", help="start again even if the run folder has checkpoints")
     train.set_defaults(func=_guarded(_train))
