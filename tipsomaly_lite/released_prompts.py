@@ -10,8 +10,6 @@ The files are plain ``torch.save`` pickles of a ``torch.nn.ParameterList``. Unpi
 arbitrary file can run arbitrary code, so :func:`load_prompt_file` only ever uses torch's
 weights-only unpickler, with ``ParameterList`` as the single extra class it may rebuild; a file
 that names anything else is refused with :class:`UnsafePromptFileError` before any of it runs.
-
-Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -229,7 +227,6 @@ def load_prompt_file(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
             and ``torch.nn.ParameterList`` (e.g. ``os.system``); nothing from it was run.
         ValueError: not a torch zip archive or safetensors file, corrupt or truncated, or not
             exactly two finite floating-point ``(n, D)`` tensors of the same shape.
-    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     path = Path(path)
     if not path.is_file():
@@ -273,7 +270,6 @@ def fetch_released_prompts(name: str, download: bool = True) -> Path:
         FileNotFoundError: ``download=False`` and the file is not in the cache; the message says
             where to put a hand-fetched copy.
         DownloadError: the download failed or its checksum did not match; same hint.
-    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     entry = _entry(name)
     dest = cache_dir() / "released_prompts" / entry.name / PROMPT_FILE_NAME
@@ -306,6 +302,5 @@ def load_released_prompts(name: str, download: bool = True) -> tuple[Tensor, Ten
         ``(normal, anomalous)``, each ``(8, 1024)`` float32, ``requires_grad=False``.
     Raises:
         See :func:`fetch_released_prompts` and :func:`load_prompt_file`.
-    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     return load_prompt_file(fetch_released_prompts(name, download=download))
