@@ -39,6 +39,8 @@ def test_train_resume_evaluate(data_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MEANINGLESS" in out and "resumed after epoch 1" in out and "epoch_002.safetensors" in out
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    with Image.open(run / "loss.png") as im:
+        assert im.size[0] > 300
 
     ev = tmp_path / "eval"
     with pytest.warns(MeaninglessResultsWarning):

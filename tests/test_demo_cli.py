@@ -66,3 +66,14 @@ def test_viz_vocabulary_draws(tiny):
     assert len([ax for ax in fig.axes if ax.images]) == 3
     ax = overlay_anomaly_map(images[0], torch.rand(28, 28), title="map")
     assert len(ax.images) == 2 and ax.get_title() == "map"
+    ax = overlay_anomaly_map(images[0], torch.full((28, 28), 0.25), vmin=0.0, vmax=1.0)
+    assert ax.images[1].get_clim() == (0.0, 1.0)
+
+
+def test_loss_curve_marks_epochs():
+    from tipsomaly_lite.viz import plot_loss_curve
+
+    history = [{"epoch": 1 + i // 3, "step": i + 1, "loss": 1.0 / (i + 1)} for i in range(6)]
+    ax = plot_loss_curve(history, title="t")
+    assert len(ax.lines) >= 1 and ax.get_title() == "t"
+    assert len(ax.collections) == 2  # one epoch-mean segment per epoch

@@ -68,9 +68,11 @@ def test_result_files_and_paper_table(tiny, toy, tmp_path):
 def test_fusion_ablation_scores(tiny, toy):
     result = evaluate(Detector(tiny), toy, progress=False)
     ablation = result.image_metrics_by_score()
-    assert set(ablation) == {"image_score", "global_score", "local_score"}
+    assert set(ablation) == {"image_score", "global_score", "local_score", "global_cls1", "global_cls2"}
     for key in ("image_auroc", "image_ap", "image_f1_max"):
         assert ablation["image_score"][key] == pytest.approx(result.mean[key])
+        assert ablation["global_score"][key] == pytest.approx(ablation["global_cls1"][key])  # cls1 is the default
+    assert any(r["global_cls1"] != r["global_cls2"] for r in result.scores)
 
 
 def test_all_normal_class_is_nan_with_a_warning(tiny, tmp_path):
@@ -97,7 +99,7 @@ class _StubDetector:
         b = len(images)
         maps = torch.from_numpy(self.rng.random((b, 518, 518), dtype=np.float32))
         scores = torch.from_numpy(self.rng.random(b))
-        return Prediction(scores, scores, scores, torch.zeros(b, 1), maps)
+        return Prediction(scores, scores, scores, torch.zeros(b, 1), maps, {"cls1": scores, "cls2": scores})
 
     def config(self):
         return {"variant": "stub"}

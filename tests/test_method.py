@@ -187,6 +187,9 @@ def test_detector_modes_pick_the_right_text_features(tiny, learned):
         g = global_score(feats["cls1"], image_text, tiny.temperature)
         p = patch_probabilities(feats["patch_tokens"], pixel_text, tiny.temperature)[..., 1]
         torch.testing.assert_close(pred.global_score, g)
+        torch.testing.assert_close(pred.global_by_token["cls1"], g)
+        torch.testing.assert_close(pred.global_by_token["cls2"],
+                                   global_score(feats["cls2"], image_text, tiny.temperature))
         torch.testing.assert_close(pred.patch_scores, p)
         torch.testing.assert_close(pred.image_score, g + p.amax(1))
         assert pred.anomaly_map.shape == (2, 56, 56)

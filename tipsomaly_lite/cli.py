@@ -113,6 +113,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"resumed after epoch {result.resumed_from}")
     for epoch, loss in enumerate(result.epoch_losses, 1):
         print(f"epoch {epoch}: mean loss {loss:.4f}")
+    if result.history:
+        from matplotlib import pyplot as plt
+
+        from tipsomaly_lite.viz import plot_loss_curve
+
+        title = f"{model.variant} on {args.dataset}" + (" (MEANINGLESS: offline)" if model.is_offline else "")
+        ax = plot_loss_curve(result.history, title=title)
+        with atomic_file(Path(args.out) / "loss.png") as fh:
+            ax.figure.savefig(fh, format="png")
+        plt.close(ax.figure)
+        print(f"loss curve: {Path(args.out) / 'loss.png'}")
     print(f"prompts: {result.checkpoints[-1] if result.checkpoints else '(none written)'}")
     print(f"evaluate them: tipsomaly evaluate --dataset DATASET --data-root {args.data_root} --prompts {args.out}")
     return 0
@@ -244,7 +255,7 @@ def _predict(args: argparse.Namespace) -> int:
             title = f"score {float(pred.image_score[i]):.3f}"
             if model.is_offline:
                 title += " (MEANINGLESS)"
-            overlay_anomaly_map(original, amap, ax=axes[1], title=title)
+            overlay_anomaly_map(original, amap, ax=axes[1], title=title, vmin=0.0, vmax=1.0)  # probabilities
             fig.tight_layout()
             target = out / f"{path.stem}_overlay.png"
             with atomic_file(target) as fh:

@@ -14,7 +14,7 @@ Three modes (SPEC §2.4):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -43,6 +43,7 @@ class Prediction:
     local_score: Tensor  # (B,) max patch P(anomalous)
     patch_scores: Tensor  # (B, N) P(anomalous) of every patch
     anomaly_map: Tensor | None  # (B, S, S) upsampled and smoothed, or None when not asked for
+    global_by_token: dict[str, Tensor] = field(default_factory=dict)  # (B,) per CLS token, both reported
 
     def __len__(self) -> int:
         return len(self.image_score)
@@ -119,14 +120,15 @@ class Detector:
         if len(words) != b:
             raise ValueError(f"got {len(words)} class words for {b} images")
         image_text, pixel_text = self.text_features(words)
-        g = global_score(features[self.token], image_text, self.model.temperature)
+        by_token = {t: global_score(features[t], image_text, self.model.temperature) for t in GLOBAL_TOKENS}
+        g = by_token[self.token]
         patch_scores = patch_probabilities(patches, pixel_text, self.model.temperature)[..., 1]
         fused = fuse_scores(g, patch_scores, self.global_weight, self.local_weight)
         amap = None
         if image_size is not None:
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
             amap = anomaly_map(patch_scores, self.model.patch_grid(size), size, sigma=self.sigma)
-        return Prediction(fused, g, local_score(patch_scores), patch_scores, amap)
+        return Prediction(fused, g, local_score(patch_scores), patch_scores, amap, by_token)
 
     @torch.no_grad()
     def predict(self, images: Tensor, class_words: str | Sequence[str], maps: bool = True) -> Prediction:

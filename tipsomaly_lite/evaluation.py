@@ -34,8 +34,9 @@ __all__ = ["METRICS", "METRIC_LABELS", "PAPER_RESULTS", "SCORE_KINDS", "Evaluati
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max")
 METRIC_LABELS = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max",
                  "pixel_auroc": "P-AUROC", "pixel_aupro": "P-AUPRO", "pixel_f1_max": "P-F1max"}
-#: Which image score the image metrics use: the fused score (the paper), or one side (ablation).
-SCORE_KINDS = ("image_score", "global_score", "local_score")
+#: Which image score the image metrics use: the fused score (the paper), one side (the fusion
+#: ablation), or the global score of either CLS token (which one the paper used is unverified).
+SCORE_KINDS = ("image_score", "global_score", "local_score", "global_cls1", "global_cls2")
 
 
 def _row(image: tuple[float, float, float], pixel: tuple[float, float, float]) -> dict[str, float]:
@@ -91,7 +92,7 @@ class EvaluationResult:
         return bool(self.config.get("offline_model"))
 
     def image_metrics_by_score(self) -> dict[str, dict[str, float]]:
-        """Mean image metrics (x100) for the fused, global-only and local-only scores (the fusion ablation)."""
+        """Mean image metrics (x100) for each of :data:`SCORE_KINDS` (fused, global only, local only, each CLS)."""
         out = {}
         for kind in SCORE_KINDS:
             per_class = {}
@@ -141,8 +142,7 @@ class EvaluationResult:
                  "results.json": json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n",
                  "config.json": json.dumps(self.config, indent=1) + "\n"}
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["path", "class_name", "label", "image_score", "global_score",
-                                                 "local_score"], lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=["path", "class_name", "label", *SCORE_KINDS], lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.scores)
         texts["scores.csv"] = buf.getvalue()
@@ -237,7 +237,8 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
             pixels.setdefault(cls, PixelAccumulator(name=cls)).add(maps[i:i + 1], masks[i:i + 1])
             scores.append({"path": batch["path"][i], "class_name": cls, "label": int(batch["label"][i]),
                            "image_score": float(pred.image_score[i]), "global_score": float(pred.global_score[i]),
-                           "local_score": float(pred.local_score[i])})
+                           "local_score": float(pred.local_score[i]),
+                           **{f"global_{t}": float(v[i]) for t, v in pred.global_by_token.items()}})
     per_class = {}
     for cls in sorted(pixels):
         rows = [r for r in scores if r["class_name"] == cls]

@@ -86,14 +86,39 @@ def plot_similarity_maps(images: Tensor, maps: Tensor, prompts: Sequence[str], r
 
 
 def overlay_anomaly_map(image: Tensor | np.ndarray, anomaly_map: Tensor | np.ndarray, ax=None,
-                        alpha: float = 0.5, title: str = "") -> plt.Axes:
-    """Draw ``anomaly_map (H, W)`` over ``image (3, H, W)`` on ``ax`` (a new figure when None)."""
+                        alpha: float = 0.5, title: str = "", vmin: float | None = None,
+                        vmax: float | None = None) -> plt.Axes:
+    """Draw ``anomaly_map (H, W)`` over ``image (3, H, W)`` on ``ax`` (a new figure when None).
+
+    ``vmin``/``vmax`` fix the colour scale (e.g. 0 and 1 for probabilities, so that a normal
+    image does not look hot); by default each map is stretched to its own range.
+    """
     set_style()
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(_to_hwc(image))
     m = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, Tensor) else np.asarray(anomaly_map)
-    ax.imshow(m, cmap=MAP_CMAP, alpha=alpha)
+    ax.imshow(m, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
     ax.set_title(title)
     ax.axis("off")
+    return ax
+
+
+def plot_loss_curve(history: Sequence[dict], title: str = "prompt training", ax=None) -> plt.Axes:
+    """Loss per step (``history`` rows ``{"epoch", "step", "loss"}``, as ``train_prompts`` records) with epoch means."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3), layout="constrained")
+    steps = [row["step"] for row in history]
+    ax.plot(steps, [row["loss"] for row in history], lw=1, color="tab:blue", label="step")
+    for epoch in sorted({row["epoch"] for row in history}):
+        rows = [row for row in history if row["epoch"] == epoch]
+        mean = float(np.mean([row["loss"] for row in rows]))
+        ax.hlines(mean, rows[0]["step"], rows[-1]["step"], color="tab:orange", lw=2,
+                  label="epoch mean" if epoch == history[0]["epoch"] else None)
+        ax.axvline(rows[-1]["step"] + 0.5, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("step")
+    ax.set_ylabel("Focal + Dice + Dice")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
     return ax
