@@ -34,8 +34,10 @@ def test_train_resume_evaluate(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--dataset", "toy", "--data-root", str(data_root)] + SIZE
     with pytest.warns(MeaninglessResultsWarning):
-        assert main(["train", *common, "--epochs", "1", "--out", str(run), "--batch-size", "4"]) == 0
-        assert main(["train", *common, "--epochs", "2", "--out", str(run), "--batch-size", "4"]) == 0
+        assert main(["train", *common, "--epochs", "1", "--out", str(run), "--batch-size", "4",
+                     "--prompt-set", "industrial_v0"]) == 0
+        assert main(["train", *common, "--epochs", "2", "--out", str(run), "--batch-size", "4",
+                     "--prompt-set", "industrial_v0"]) == 0
     out = capsys.readouterr().out
     assert "MEANINGLESS" in out and "resumed after epoch 1" in out and "epoch_002.safetensors" in out
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
@@ -52,6 +54,7 @@ def test_train_resume_evaluate(data_root, tmp_path, capsys):
     assert config["pixel_prompts"] == str(run) and config["mode"] == "decoupled"
     assert config["aupro_mode"] == "compat" and config["global_token"] == "cls2" and config["image_size"] == 84
     assert config["seed"] == 111 and config["prompts_training"]["epochs"] == 2
+    assert config["prompt_set"]["name"] == "industrial_v0"  # follows the run's sentences
     rows = list(csv.reader((ev / "results.csv").open()))
     assert [r[1] for r in rows[1:]] == ["carpet", "hex_nut", "mean"]
 

@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
     dataset = _open_dataset(args, root, model)
     print(dataset)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         n_tokens=args.n_tokens, prompt_set=args.prompt_set, cache=args.cache,
+                         n_tokens=args.n_tokens, prompt_set=args.prompt_set or "industrial", cache=args.cache,
                          cache_dtype=args.cache_dtype)
     result = train_prompts(model, dataset, config, args.out, resume=not args.no_resume, progress=not args.quiet)
     if result.resumed_from:
@@ -129,20 +129,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train_config(path: str | None) -> dict[str, Any]:
+    """The ``train`` settings saved in a run folder's config.json ({} for anything else)."""
+    import json
+
+    config = Path(path or "") / "config.json"
+    return json.loads(config.read_text()).get("train", {}) if path and config.is_file() else {}
+
+
+def _prompt_set(args: argparse.Namespace) -> str:
+    # Learned prompts belong to the sentences they were trained with: follow the run unless told.
+    return args.prompt_set or _run_train_config(args.prompts).get("prompt_set") or "industrial"
+
+
 def _detector(args: argparse.Namespace, model, prompts: Any, source: str):
     from tipsomaly_lite.detector import Detector
 
-    return Detector(model, prompts, prompt_set=args.prompt_set, mode=args.mode, token=args.token,
+    return Detector(model, prompts, prompt_set=_prompt_set(args), mode=args.mode, token=args.token,
                     sigma=args.sigma, prompts_source=source)
 
 
 def _prompts_provenance(args: argparse.Namespace) -> dict[str, Any]:
     """The training seed and settings of --prompts when it is one of our run folders (else seed None)."""
-    import json
-
-    run_config = Path(args.prompts or "") / "config.json"
-    if args.prompts and run_config.is_file():
-        train = json.loads(run_config.read_text()).get("train", {})
+    train = _run_train_config(args.prompts)
+    if train:
         return {"seed": train.get("seed"), "prompts_training": train}
     return {"seed": None}  # evaluation itself draws no random numbers
 
@@ -182,22 +192,24 @@ def _benchmark(args: argparse.Namespace) -> int:
                                 "them with `python data_scripts/prepare_dataset.py KEY --data-root DATA`")
     runs = {"mvtec": args.mvtec_prompts, "visa": args.visa_prompts}
 
-    def prompts_for(key: str) -> tuple[Any, str]:
+    def prompts_for(key: str) -> tuple[Any, str, str]:
+        """(prompts, where they come from, the prompt set they go with) for one dataset."""
         if args.training_free:
-            return None, "none"
+            return None, "none", args.prompt_set or "industrial"
         source = prompts_trained_on(key)
         if runs[source]:
-            return load_trained_prompts(runs[source]), f"{runs[source]} (trained on {source})"
-        return load_released_prompts(source), f"released:{source}"
+            prompt_set = args.prompt_set or _run_train_config(runs[source]).get("prompt_set") or "industrial"
+            return load_trained_prompts(runs[source]), f"{runs[source]} (trained on {source})", prompt_set
+        return load_released_prompts(source), f"released:{source}", args.prompt_set or "industrial"
 
     plan = {key: prompts_for(key) for key in keys}  # fetch every prompt file before the long part
     model = _load_model(args)
     out = Path(args.out)
     results = {}
-    for key, (prompts, source) in plan.items():
+    for key, (prompts, source, prompt_set) in plan.items():
         dataset = AnomalyDataset(root / key, image_size=model.image_size, key=key)
         print(f"\n== {key}: {dataset}\n   prompts: {source}")
-        detector = Detector(model, prompts, prompt_set=args.prompt_set, token=args.token, sigma=args.sigma,
+        detector = Detector(model, prompts, prompt_set=prompt_set, token=args.token, sigma=args.sigma,
                             prompts_source=source)
         results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                                 num_workers=args.workers, progress=not args.quiet)
@@ -282,7 +294,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input side in px, a multiple of 14 (default: 518)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
-    p.add_argument("--prompt-set", default="industrial", help="fixed prompt set name or .json (default: industrial)")
+    p.add_argument("--prompt-set", default=None,
+                   help="fixed prompt set name or .json (default: the --prompts run's set, else industrial)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

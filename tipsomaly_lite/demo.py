@@ -83,8 +83,8 @@ def run_demo(out_dir: str | Path = "build/demo", variant: str = "l14-hr", size: 
     suptitle = f"TIPS {model.variant} at {size}px: patch-text similarity"
     if model.is_offline:
         suptitle += "\nOFFLINE TINY RANDOM MODEL: MEANINGLESS"
-    fig = plot_similarity_maps(images, upsample_map(maps_t.flatten(0, 1), (size, size)).view(len(images), 2, size, size),
-                               [p.format("…") for p in PROMPTS], row_titles, suptitle=suptitle)
+    full = upsample_map(maps_t.flatten(0, 1), (size, size)).view(len(images), 2, size, size)
+    fig = plot_similarity_maps(images, full, [p.format("…") for p in PROMPTS], row_titles, suptitle=suptitle)
     path = Path(out_dir) / "similarity_maps.png"
     with atomic_file(path) as fh:
         fig.savefig(fh, format="png")

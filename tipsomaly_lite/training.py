@@ -40,8 +40,8 @@ from tipsomaly_lite.prompt_learner import PromptLearner
 from tipsomaly_lite.scoring import patch_probabilities
 from tipsomaly_lite.tips import TIPS
 
-__all__ = ["TrainConfig", "TrainResult", "training_loss", "backward_step", "bilinear_matrix", "train_prompts", "load_trained_prompts",
-           "latest_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "TrainResult", "training_loss", "backward_step", "bilinear_matrix", "train_prompts",
+           "load_trained_prompts", "latest_checkpoint", "flush_denormals", "CHECKPOINT_FORMAT", "MEMORY_CACHE_LIMIT"]
 
 CHECKPOINT_FORMAT = "tipsomaly_lite.prompts/1"
 #: ``cache="auto"`` keeps the frozen features in memory up to this many bytes, on disk beyond.
@@ -138,8 +138,9 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     of per-image terms), but the 518 x 518 maps of one image at a time stay in the CPU cache
     instead of eight at once in memory, the bilinear upsampling is done as two small matrix
     products (whose backward pass is much faster than ``upsample_bilinear2d``'s) and the loss by
-    :func:`~tipsomaly_lite.losses.fused_segmentation_loss` (same value and gradient, fewer passes). The text tower runs once per step; its gradient is collected on a detached copy of the
-    text features and pushed through once.
+    :func:`~tipsomaly_lite.losses.fused_segmentation_loss` (same value and gradient, fewer
+    passes). The text tower runs once per step; its gradient is collected on a detached copy of
+    the text features and pushed through once.
     """
     b, n, _ = patch_tokens.shape
     if grid[0] * grid[1] != n:
