@@ -134,3 +134,26 @@ def test_benchmark_runs_the_cross_dataset_protocol(tmp_path, capsys):
     assert json.loads((tmp_path / "free" / "btad" / "config.json").read_text())["mode"] == "training_free"
     assert main(["benchmark", "--data-root", str(data), "--datasets", "visa", *SIZE]) == 2
     assert "no prepared dataset for ['visa']" in capsys.readouterr().err
+
+
+def test_prepared_native_datasets_run_through_the_benchmark(tmp_path, capsys):
+    """Issue 3's preparation feeds issue 4's evaluation: fake VisA (class-id masks) and KSDD (strips)."""
+    import warnings
+
+    from tipsomaly_lite import native_fixtures as nf
+    from tipsomaly_lite.prepare import prepare_dataset
+
+    data = tmp_path / "data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fake data: counts differ from the paper's
+        prepare_dataset("visa", nf.fake_visa(tmp_path / "raw_visa"), data, verbose=False)
+        prepare_dataset("sdd", nf.fake_ksdd(tmp_path / "raw_sdd"), data, verbose=False)
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["benchmark", "--data-root", str(data), "--training-free", "--out", str(tmp_path / "b"),
+                     *SIZE]) == 0
+    table = (tmp_path / "b" / "benchmark.md").read_text()
+    assert "**visa**" in table and "**sdd**" in table
+    config = json.loads((tmp_path / "b" / "sdd" / "config.json").read_text())
+    assert config["protocol"] is not None  # protocol.json of the prepared dataset is recorded
+    scores = list(csv.DictReader((tmp_path / "b" / "sdd" / "scores.csv").open()))
+    assert {r["label"] for r in scores} == {"0", "1"}
