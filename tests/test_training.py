@@ -66,8 +66,7 @@ def test_cache_computes_each_image_once_and_persists_on_disk(tiny, toy, tmp_path
     assert sum(calls) == 3
     for key in first:
         torch.testing.assert_close(again[key], first[key])
-    # Another input size is another entry.
-    FeatureCache(tiny, 56, folder=tmp_path, progress=False)
+    # A cache made for another input size refuses these images.
     with pytest.raises(ValueError, match="112 px but the cache was made for 56"):
         FeatureCache(tiny, 56, folder=tmp_path, progress=False).get(toy, [0])
 

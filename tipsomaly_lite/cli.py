@@ -21,11 +21,13 @@ from typing import Any, Callable
 
 from tipsomaly_lite import __version__
 from tipsomaly_lite.atomic import atomic_file
+from tipsomaly_lite.download import DownloadError
 
-#: Errors a user can fix (a path, a name, a setting): printed as one line, exit code 2.
 #: The paper's input side (37 x 37 patches).
 IMAGE_SIZE = 518
-_USER_ERRORS = (FileNotFoundError, ValueError, KeyError, RuntimeError)
+#: Errors a user can fix (a path, a name, a setting, a failed download): one line, exit code 2.
+#: Any other RuntimeError (torch's) is a bug and keeps its traceback.
+_USER_ERRORS = (FileNotFoundError, ValueError, KeyError, DownloadError)
 
 
 def _demo(args: argparse.Namespace) -> int:

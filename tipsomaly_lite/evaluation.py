@@ -73,6 +73,14 @@ def _mean(per_class: dict[str, dict[str, float]], keys: tuple[str, ...], what: s
     return out
 
 
+def _by_class(scores: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per-image score rows grouped by class, in their order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in scores:
+        groups.setdefault(row["class_name"], []).append(row)
+    return groups
+
+
 def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else f"{v:.1f}"
 
@@ -94,10 +102,11 @@ class EvaluationResult:
     def image_metrics_by_score(self) -> dict[str, dict[str, float]]:
         """Mean image metrics (x100) for each of :data:`SCORE_KINDS` (fused, global only, local only, each CLS)."""
         out = {}
+        by_class = _by_class(self.scores)
         for kind in SCORE_KINDS:
             per_class = {}
             for cls in self.per_class:
-                rows = [r for r in self.scores if r["class_name"] == cls]
+                rows = by_class[cls]
                 m = image_metrics([r["label"] for r in rows], [r[kind] for r in rows], name=cls)
                 per_class[cls] = {k: 100 * v for k, v in m.items()}
             out[kind] = _mean(per_class, METRICS[:3], kind)
@@ -240,8 +249,9 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
                            "local_score": float(pred.local_score[i]),
                            **{f"global_{t}": float(v[i]) for t, v in pred.global_by_token.items()}})
     per_class = {}
+    by_class = _by_class(scores)
     for cls in sorted(pixels):
-        rows = [r for r in scores if r["class_name"] == cls]
+        rows = by_class[cls]
         m = image_metrics([r["label"] for r in rows], [r["image_score"] for r in rows], name=cls)
         m.update(pixels[cls].compute(aupro_mode))
         per_class[cls] = {k: 100 * m[k] for k in METRICS}

@@ -129,10 +129,11 @@ class FeatureCache:
         entry["mask"] = np.packbits(masks[i, 0].cpu().numpy() > 0.5)
         return entry
 
-    def fill(self, dataset: Any, indices: Sequence[int] | None = None) -> int:
-        """Compute the missing entries for ``indices`` (default: the whole dataset); returns how many."""
-        indices = range(len(dataset)) if indices is None else indices
-        keys = {i: self.key(_image_path(dataset, i)) for i in indices}
+    def _keys(self, dataset: Any, indices: Sequence[int]) -> dict[int, str]:
+        return {i: self.key(_image_path(dataset, i)) for i in indices}
+
+    def _fill(self, dataset: Any, keys: dict[int, str]) -> int:
+        """Compute the entries of ``keys`` (dataset index -> key) that are missing; returns how many."""
         todo = [i for i, k in keys.items() if not self._has(k)]
         batches = [todo[s:s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
         for batch in tqdm(batches, desc="caching vision features", unit="batch",
@@ -149,12 +150,16 @@ class FeatureCache:
         self.misses += len(todo)
         return len(todo)
 
+    def fill(self, dataset: Any, indices: Sequence[int] | None = None) -> int:
+        """Compute the missing entries for ``indices`` (default: the whole dataset); returns how many."""
+        return self._fill(dataset, self._keys(dataset, range(len(dataset)) if indices is None else indices))
+
     def get(self, dataset: Any, indices: Sequence[int]) -> dict[str, Tensor]:
         """Features and masks for dataset items (computed first if missing), float32 on the model's device."""
         indices = list(indices)
-        computed = self.fill(dataset, indices)
-        self.hits += len(indices) - computed
-        entries = [self._read(self.key(_image_path(dataset, i))) for i in indices]
+        keys = self._keys(dataset, indices)  # one stat per image per call
+        self.hits += len(indices) - self._fill(dataset, keys)
+        entries = [self._read(keys[i]) for i in indices]
         s = self.image_size
         out = {name: torch.from_numpy(np.stack([e[name] for e in entries])).float()
                for name in ("patch_tokens", "cls1", "cls2")}

@@ -81,6 +81,8 @@ class PromptLearner(nn.Module):
         with torch.no_grad():
             embeddings = model.text.embed_tokens(ids.to(device))
         self.register_buffer("token_embeddings", embeddings, persistent=False)
+        # Which prompt each sentence gets: 0 (normal) for the first n_normal, then 1 (anomalous).
+        self.register_buffer("state", (torch.arange(len(ids)) >= self.n_normal).long().to(device), persistent=False)
         self.register_buffer("padding", torch.cat(
             [torch.zeros(len(ids), n_tokens, dtype=torch.bool), padding], dim=1).to(device), persistent=False)
 
@@ -90,10 +92,7 @@ class PromptLearner(nn.Module):
 
     def forward(self) -> Tensor:
         """``text_features (2, D)`` from the current prompts."""
-        n_sent = self.token_embeddings.shape[0]
-        state = torch.zeros(n_sent, dtype=torch.long, device=self.normal.device)
-        state[self.n_normal:] = 1
-        prompts = torch.stack([self.normal, self.anomalous])[state]  # (S, n, D): each sentence's state
+        prompts = torch.stack([self.normal, self.anomalous])[self.state]  # (S, n, D): each sentence's prompt
         x = torch.cat([prompts.to(self.token_embeddings.dtype), self.token_embeddings], dim=1)
         feats = self.text.encode_embeddings(x, self.padding)
         return torch.stack([ensemble(feats[:self.n_normal]), ensemble(feats[self.n_normal:])])
