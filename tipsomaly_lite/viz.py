@@ -122,3 +122,74 @@ def plot_loss_curve(history: Sequence[dict], title: str = "prompt training", ax=
     ax.set_title(title)
     ax.legend(loc="upper right")
     return ax
+
+
+def _curve_axes(ax, title: str, xlabel: str, ylabel: str) -> plt.Axes:
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.6, 3.4), layout="constrained")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    return ax
+
+
+def plot_roc(labels, scores: dict[str, Sequence[float]] | Sequence[float], title: str = "ROC", ax=None) -> plt.Axes:
+    """ROC curves: ``labels (M,)`` in {0,1} and one ``(M,)`` score array per name, AUROC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    ax = _curve_axes(ax, title, "false positive rate", "true positive rate")
+    scores = scores if isinstance(scores, dict) else {"score": scores}
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(s, dtype=float))
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {100 * roc_auc_score(labels, s):.1f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.legend(loc="lower right", fontsize=7)
+    return ax
+
+
+def plot_pr(labels, scores: dict[str, Sequence[float]] | Sequence[float], title: str = "precision-recall",
+            ax=None) -> plt.Axes:
+    """Precision-recall curves, AP in the legend; the dashed line is the share of anomalies."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    ax = _curve_axes(ax, title, "recall", "precision")
+    scores = scores if isinstance(scores, dict) else {"score": scores}
+    for name, s in scores.items():
+        precision, recall, _ = precision_recall_curve(np.asarray(labels), np.asarray(s, dtype=float))
+        ax.plot(recall, precision, lw=1.5, label=f"{name} (AP {100 * average_precision_score(labels, s):.1f})")
+    ax.axhline(float(np.mean(labels)), color="grey", lw=0.8, ls="--")
+    ax.legend(loc="lower left", fontsize=7)
+    return ax
+
+
+def plot_histograms(values: dict[str, Sequence[float]], title: str = "", xlabel: str = "", bins: int = 40,
+                    ax=None) -> plt.Axes:
+    """Overlaid density histograms, one per name (e.g. normal vs anomalous scores)."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
+    for name, v in values.items():
+        ax.hist(np.asarray(v, dtype=float).ravel(), bins=bins, density=True, alpha=0.5, label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel="density")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_projection(features: dict[str, Tensor | np.ndarray], title: str = "PCA of features", ax=None,
+                    max_points: int = 2000) -> plt.Axes:
+    """2-D PCA of several feature sets ``(M_i, D)`` fitted on all of them together, one colour each."""
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.6), layout="constrained")
+    arrays = {k: (v.detach().float().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v, dtype=float))
+              for k, v in features.items()}
+    rng = np.random.default_rng(0)
+    arrays = {k: a[rng.permutation(len(a))[:max_points]] if len(a) > max_points else a for k, a in arrays.items()}
+    stacked = np.concatenate(list(arrays.values()))
+    mean = stacked.mean(0)
+    _, _, vt = np.linalg.svd(stacked - mean, full_matrices=False)
+    for name, a in arrays.items():
+        xy = (a - mean) @ vt[:2].T
+        ax.scatter(xy[:, 0], xy[:, 1], s=6 if len(a) > 50 else 30, alpha=0.6, label=name)
+    ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
+    ax.legend(fontsize=7, markerscale=2)
+    return ax

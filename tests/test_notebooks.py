@@ -1,0 +1,159 @@
+"""The course keeps its shape: every notebook opens and closes the same way, has no outputs,
+pins this version, and the package's "Taught in" links point at notebooks that use the name.
+
+(The notebooks themselves are executed by nbval in ``make test``; this file checks their form.)
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import tipsomaly_lite
+from tipsomaly_lite.course import REPOSITORY
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+COURSE = ["00_setup", "01_loading_tips", "02_spatial_alignment", "03_fixed_prompts",
+          "04_learnable_pixel_prompts", "05_local_to_global_fusion", "06_benchmark", "07_your_own_images"]
+VIZ_NAMES = re.compile(r"\b(show_images|plot_\w+|overlay_anomaly_map)\(")
+
+
+def _load(name: str) -> dict:
+    return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def _tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def test_the_course_is_the_numbered_sequence():
+    found = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert found == COURSE, f"notebooks/ should hold exactly {COURSE}, found {found}"
+    for i, name in enumerate(COURSE):
+        assert name.startswith(f"{i:02d}_")
+
+
+@pytest.fixture(params=COURSE)
+def notebook(request) -> tuple[str, dict]:
+    return request.param, _load(request.param)
+
+
+def test_committed_without_outputs(notebook):
+    name, nb = notebook
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [], f"{name}.ipynb cell {i} keeps outputs: clear them before committing"
+            assert cell.get("execution_count") is None, f"{name}.ipynb cell {i} keeps an execution count"
+
+
+def test_opening_pattern(notebook):
+    name, nb = notebook
+    cells = nb["cells"]
+    nn = name[:2]
+    badge = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{name}.ipynb"
+    assert cells[0]["cell_type"] == "markdown" and badge in _src(cells[0]), f"{name}: first cell is the Colab badge"
+    head = _src(cells[1])
+    assert head.startswith(f"# {nn} · "), f"{name}: second cell starts with '# {nn} · Title'"
+    summary = head.split("\n\n")[1] if "\n\n" in head else ""
+    assert summary and not summary.startswith(("#", "-", "**")), f"{name}: a one-line summary follows the title"
+    assert "By the end you will be able to" in head and "**Builds on:**" in head
+    outcomes = head.split("By the end you will be able to")[1].split("**Builds on:**")[0]
+    n_bullets = sum(line.startswith("- ") for line in outcomes.splitlines())
+    assert 3 <= n_bullets <= 5, f"{name}: 3-5 outcome bullets, found {n_bullets}"
+    setup = [c for c in cells if "setup" in _tags(c)]
+    assert len(setup) == 1, f"{name}: one setup cell tagged 'setup'"
+    s = _src(setup[0])
+    version = tipsomaly_lite.__version__
+    assert f'COURSE_VERSION = "{version}"' in s and f"{REPOSITORY}@v{version}" in s, \
+        f"{name}: the setup cell pins tipsomaly_lite {version}"
+    assert "except ImportError" in s and "%pip install" in s, f"{name}: the setup cell imports, else installs"
+    params = [i for i, c in enumerate(cells) if "parameters" in _tags(c)]
+    assert len(params) == 1, f"{name}: exactly one cell tagged 'parameters'"
+    p = _src(cells[params[0]])
+    for var in ("OFFLINE", "SEED", "DEVICE"):
+        assert re.search(rf"^{var}\s*=", p, re.M), f"{name}: the parameters cell sets {var}"
+    after = "\n".join(_src(c) for c in cells[params[0] + 1:params[0] + 3])
+    assert "start(" in after and "seed=SEED" in after and "device=DEVICE" in after, \
+        f"{name}: the cell after the parameters seeds and picks the device (course.start)"
+
+
+def test_closing_pattern(notebook):
+    name, nb = notebook
+    heads = [(i, _src(c).splitlines()[0]) for i, c in enumerate(nb["cells"])
+             if c["cell_type"] == "markdown" and _src(c).startswith("## ")]
+    titles = [h for _, h in heads]
+    assert titles[-3:] == ["## Summary", "## Exercises", "## Going further"], \
+        f"{name}: ends with Summary, Exercises, Going further (found {titles[-3:]})"
+    ex_start, ex_end = heads[-2][0], heads[-1][0]
+    exercise_code = "\n".join(_src(c) for c in nb["cells"][ex_start:ex_end] if c["cell_type"] == "code")
+    n_checks = len(re.findall(r"\bchecks\.\w+\(", exercise_code))
+    assert n_checks >= 2, f"{name}: at least two self-checked exercises, found {n_checks}"
+    assert exercise_code.count("# BEGIN SOLUTION") == exercise_code.count("# END SOLUTION") >= 1, \
+        f"{name}: exercise solutions are marked with # BEGIN SOLUTION / # END SOLUTION"
+
+
+def test_every_notebook_draws_with_viz(notebook):
+    name, nb = notebook
+    code = "\n".join(_src(c) for c in nb["cells"] if c["cell_type"] == "code")
+    assert VIZ_NAMES.search(code), f"{name}: at least one figure from tipsomaly_lite.viz"
+    assert "def plot_" not in code and "def show_" not in code, f"{name}: figure helpers live in viz, not here"
+
+
+def test_code_cells_parse(notebook):
+    name, nb = notebook
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            src = "\n".join("pass  # magic" if line.lstrip().startswith(("%", "!")) else line
+                            for line in _src(cell).splitlines())
+            try:
+                ast.parse(src)
+            except SyntaxError as err:
+                pytest.fail(f"{name}.ipynb cell {i}: {err}")
+
+
+def test_readme_table_lists_every_notebook():
+    table = (NOTEBOOKS / "README.md").read_text(encoding="utf-8") + (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in COURSE:
+        assert f"({name}.ipynb)" in table or f"notebooks/{name}.ipynb" in table, f"README lists {name}"
+        assert f"github/{REPOSITORY}/blob/main/notebooks/{name}.ipynb" in table, f"README has {name}'s Colab badge"
+
+
+def _package_docstrings() -> dict[str, str]:
+    """``module.qualname -> docstring`` for every module, class and function of the package."""
+    out = {}
+    for info in pkgutil.walk_packages(tipsomaly_lite.__path__, "tipsomaly_lite."):
+        module = importlib.import_module(info.name)
+        out[info.name] = module.__doc__ or ""
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                out[f"{info.name}.{node.name}"] = ast.get_docstring(node) or ""
+    return out
+
+
+def test_taught_in_links_are_true():
+    links = {}
+    for where, doc in _package_docstrings().items():
+        for target in re.findall(r"Taught in (notebooks/[^\s]+?\.ipynb)", doc):
+            links.setdefault(target, []).append(where)
+    assert links, "no 'Taught in notebooks/...' lines in the package"
+    for target, names in links.items():
+        path = ROOT / target
+        assert path.is_file(), f"{names} say 'Taught in {target}', which does not exist"
+        code = path.read_text(encoding="utf-8")
+        for where in names:
+            leaf = where.rsplit(".", 1)[-1]
+            assert leaf in code, f"{where} says it is taught in {target}, but the notebook never names {leaf!r}"
+    taught = {Path(t).stem for t in links}
+    assert taught == set(COURSE), f"every notebook teaches some package name; none points at {set(COURSE) - taught}"
