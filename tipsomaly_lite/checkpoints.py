@@ -4,6 +4,8 @@ The official PyTorch checkpoints are two flat ``.npz`` files per variant (vision
 names are the PyTorch ``state_dict`` names of the original code. Our towers use the same
 names, so loading is a validated ``load_state_dict``. The HuggingFace ``google/tipsv2-*``
 safetensors use transformers' names; :func:`hf_to_npz_names` maps them onto ours.
+
+Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Architecture:
         text_depth: number of text blocks.
         text_mlp: text MLP hidden size ``M``.
         vocab: rows of the token embedding.
+    Taught in notebooks/01_loading_tips.ipynb.
     """
 
     width: int
@@ -267,7 +270,10 @@ def _open_npz(path: Path):
 
 
 def npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every array in an npz, read from the headers only (no array data)."""
+    """Name -> shape of every array in an npz, read from the headers only (no array data).
+
+    Taught in notebooks/01_loading_tips.ipynb.
+    """
     path = Path(path)
     shapes = {}
     with _open_npz(path) as npz:

@@ -9,6 +9,8 @@
 
 All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
 the numbers are meaningless.
+
+Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations
@@ -329,6 +331,10 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tipsomaly`` argument parser; each sub-command's ``func`` runs it (``args.func(args)``).
+
+    Taught in notebooks/06_benchmark.ipynb.
+    """
     parser = argparse.ArgumentParser(prog="tipsomaly", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tipsomaly_lite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -395,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``tipsomaly <command> ...`` (``argv`` defaults to the command line).
+
+    Returns:
+        The exit code: 0 on success, 2 for an error the user can fix (printed as one line).
+    Taught in notebooks/07_your_own_images.ipynb.
+    """
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +44,27 @@ TOY_IMAGE_SIZE = 128
 
 
 def in_colab() -> bool:
-    """True inside Google Colab."""
+    """True inside Google Colab.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
 
 
 def default_data_root() -> Path:
-    """``$TIPSOMALY_DATA``, else ``$TIPSOMALY_HOME/data`` (``~/.cache/tipsomaly_lite/data``)."""
+    """``$TIPSOMALY_DATA``, else ``$TIPSOMALY_HOME/data`` (``~/.cache/tipsomaly_lite/data``).
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     env = os.environ.get(DATA_ENV, "").strip()
     return Path(env).expanduser() if env else cache_dir() / "data"
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -110,14 +119,41 @@ class Course:
         return AnomalyDataset(root, split=split, image_size=self.image_size, classes=classes,
                               key=None if key.startswith("toy") else key)
 
+    def with_auxiliary(self, key: str) -> "Course":
+        """This course with another auxiliary dataset (prepared under :attr:`data_root`, else the toy stand-in).
+
+        Used to get prompts trained on each source dataset of the cross-dataset protocol.
+        """
+        notes = list(self.notes)
+        aux_key, aux_root = _dataset_root(self.data_root, key, "aux", self.offline, notes)
+        return replace(self, aux_key=aux_key, aux_root=aux_root, notes=notes)
+
     @property
     def work_dir(self) -> Path:
         """Where the course keeps results between notebooks (``$TIPSOMALY_HOME/course/<mode>``)."""
         return cache_dir() / "course" / ("offline" if self.offline else self.model.variant)
 
     def run_dir(self, name: str = "prompts") -> Path:
-        """A training run folder for this model, auxiliary dataset and size."""
-        return self.work_dir / "runs" / f"{name}-{self.aux_key}-{self.image_size}px"
+        """A training run folder for this model (by weight fingerprint), auxiliary dataset and size."""
+        from tipsomaly_lite.feature_cache import model_fingerprint
+
+        return self.work_dir / "runs" / f"{name}-{self.aux_key}-{self.image_size}px-{model_fingerprint(self.model)[:8]}"
+
+    def training_set(self, train_limit: int | None = None) -> tuple[AnomalyDataset, Path]:
+        """The auxiliary images the prompts train on, and the run folder that keeps that training.
+
+        Args:
+            train_limit: keep a seeded spread of this many images over all classes (None: all).
+        Returns:
+            ``(dataset, run_dir)``; the same arguments always give the same images and folder, so
+            a later notebook finds the run an earlier one trained.
+        """
+        data = self.dataset("aux")
+        if train_limit is not None and train_limit < len(data):
+            # A seeded spread over all classes, not the first class alone.
+            keep = np.sort(np.random.default_rng(self.seed).permutation(len(data))[:train_limit])
+            data.samples = [data.samples[i] for i in keep]
+        return data, self.run_dir("prompts" if train_limit is None else f"prompts-first{train_limit}")
 
     def learned_prompts(self, *, epochs: int = 2, train_limit: int | None = None, progress: bool = True,
                         prefer_released: bool = True) -> tuple[tuple[Tensor, Tensor], str]:
@@ -143,13 +179,7 @@ class Course:
                 return load_released_prompts(self.aux_key), f"released:{self.aux_key}"
             except (DownloadError, FileNotFoundError) as err:
                 print(f"Released prompts unavailable ({err}); training our own instead.")
-        data = self.dataset("aux")
-        if train_limit is not None and train_limit < len(data):
-            # A seeded spread over all classes, not the first class alone.
-            keep = np.sort(np.random.default_rng(self.seed).permutation(len(data))[:train_limit])
-            data.samples = [data.samples[i] for i in keep]
-        name = "prompts" if train_limit is None else f"prompts-first{train_limit}"
-        run = self.run_dir(name)
+        data, run = self.training_set(train_limit)
         result = train_prompts(self.model, data, TrainConfig(epochs=epochs, seed=self.seed), out_dir=run,
                                progress=progress)
         return result.prompts(), str(run)
@@ -212,8 +242,13 @@ def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_
         verbose: print the resulting :class:`Course`.
     Returns:
         The :class:`Course`.
+    Taught in notebooks/00_setup.ipynb.
     """
     seed_everything(seed)
+    if in_colab():  # Colab draws ipywidgets 8 only through its custom widget manager
+        from google.colab import output
+
+        output.enable_custom_widget_manager()
     dev = pick_device(device)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     notes: list[str] = []

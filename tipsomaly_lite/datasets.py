@@ -9,6 +9,8 @@ Every benchmark is prepared (see ``tipsomaly_lite.prepare``) into ``<data_root>/
 
 ``AnomalyDataset`` turns those rows into tensors: ``image`` ``(3,S,S)`` in [0,1] and ``mask``
 ``(1,S,S)`` in {0,1}.
+
+Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def class_word(key: str | None, class_name: str) -> str:
         class_name: folder name of the class, e.g. ``"metal_nut"``.
     Returns:
         The prompt word, e.g. ``"metal nut"``.
+    Taught in notebooks/00_setup.ipynb.
     """
     override = CLASS_WORDS.get(key or "", {}).get(class_name)
     if override is not None:
@@ -114,6 +117,7 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
         and ``anomaly`` (0 or 1). A missing ``train`` section becomes ``{}``.
     Raises:
         DatasetError: the file is missing or not in that format.
+    Taught in notebooks/00_setup.ipynb.
     """
     path = pathlib.Path(root) / "meta.json"
     if not path.is_file():
@@ -177,6 +181,7 @@ def build_meta_from_mvtec_layout(root: str | os.PathLike) -> dict[str, Any]:
     Raises:
         DatasetError: no class folder; a class without test images; an anomalous image
             without mask (names the image and where the mask was looked for).
+    Taught in notebooks/00_setup.ipynb.
     """
     root = pathlib.Path(root)
     if not root.is_dir():
@@ -305,6 +310,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         DatasetError: missing/malformed meta.json, unknown or empty class, anomalous image
             without mask; when an item is read: unreadable image or mask, or a mask whose size
             differs from its image (names both files).
+    Taught in notebooks/00_setup.ipynb.
     """
 
     def __init__(self, root: str | os.PathLike, *, split: str = "test", image_size: int = 518,

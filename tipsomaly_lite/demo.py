@@ -4,6 +4,8 @@ Loads TIPS (real weights when they are in the cache, else the tiny offline model
 warning), draws a few toy images with and without defects, and writes one PNG: each image
 beside the cosine similarity of its patches to a "normal" and a "damaged" prompt, titled with
 the image-level probabilities from the first CLS token.
+
+Taught in notebooks/02_spatial_alignment.ipynb.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def similarity_maps(model: TIPS, images: torch.Tensor, texts: list[str]) -> torc
     Args:
         images: ``(B, 3, S, S)`` in [0, 1].
         texts: ``T`` prompts.
+    Taught in notebooks/02_spatial_alignment.ipynb.
     """
     _, _, patches = model.encode_image(images, normalize=True)
     text = model.encode_text(texts, normalize=True)

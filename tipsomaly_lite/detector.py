@@ -10,6 +10,8 @@ Three modes (SPEC §2.4):
     detector = Detector(model, prompts=load_released_prompts("mvtec"))
     pred = detector.predict(images, ["metal nut"] * len(images))
     pred.image_score, pred.anomaly_map            # (B,), (B, S, S)
+
+Taught in notebooks/05_local_to_global_fusion.ipynb.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ DEFAULT_SIGMA = 4.0
 
 @dataclass
 class Prediction:
-    """Scores of a batch. ``image_score = global_weight * global_score + local_weight * local_score``."""
+    """Scores of a batch. ``image_score = global_weight * global_score + local_weight * local_score``.
+
+    Taught in notebooks/05_local_to_global_fusion.ipynb.
+    """
 
     image_score: Tensor  # (B,) fused, in [0, 2] with unit weights
     global_score: Tensor  # (B,) P(anomalous) from the global token
@@ -63,6 +68,7 @@ class Detector:
         sigma: Gaussian smoothing of the maps in pixels (4; 0 turns it off).
         global_weight, local_weight: fusion weights (1 and 1).
         prompts_source: a note for the result config (e.g. ``released:mvtec``).
+    Taught in notebooks/05_local_to_global_fusion.ipynb.
     """
 
     def __init__(self, model: TIPS, prompts: tuple[Tensor, Tensor] | PromptLearner | None = None, *,

@@ -5,6 +5,8 @@ Used for the TIPS checkpoints and for the anomaly-detection benchmarks. A downlo
 SHA-256 matches, so a file at ``dest`` is always a finished one. An interrupted download keeps
 its ``.part`` file and the next call resumes it with an HTTP ``Range`` request, which matters for
 multi-GB archives on slow hosts.
+
+Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 
 class DownloadError(RuntimeError):
-    """A download failed: network error, HTTP error or checksum mismatch."""
+    """A download failed: network error, HTTP error or checksum mismatch.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
 
 
 def cache_dir() -> pathlib.Path:
@@ -42,6 +47,7 @@ def cache_dir() -> pathlib.Path:
 
     Returns:
         ``$TIPSOMALY_HOME`` if set, else ``~/.cache/tipsomaly_lite``.
+    Taught in notebooks/00_setup.ipynb.
     """
     env = os.environ.get(HOME_ENV)
     path = pathlib.Path(env).expanduser() if env else DEFAULT_CACHE.expanduser()
@@ -57,6 +63,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         chunk_size: bytes read at a time.
     Returns:
         Lower-case hex digest (64 characters).
+    Taught in notebooks/00_setup.ipynb.
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -107,6 +114,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     Raises:
         DownloadError: network/HTTP failure (the ``.part`` file is kept for resuming) or
             checksum mismatch (the file is kept at ``<dest>.bad``).
+    Taught in notebooks/00_setup.ipynb.
     """
     dest = pathlib.Path(dest)
     expected = sha256.strip().lower() if sha256 else None

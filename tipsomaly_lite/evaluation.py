@@ -4,6 +4,8 @@ Images are scored batch by batch; each class keeps its image scores (a few numbe
 and a :class:`~tipsomaly_lite.metrics.PixelAccumulator` (fixed-size histograms of the fp16
 anomaly maps), so memory does not grow with the dataset: a 2,000-image dataset at 518 px needs
 no more than one batch of maps. Metrics are per class, then averaged over classes, times 100.
+
+Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations
@@ -87,7 +89,10 @@ def _fmt(v: float) -> str:
 
 @dataclass
 class EvaluationResult:
-    """Per-class and mean metrics (x100) of one dataset, the per-image scores and the exact config."""
+    """Per-class and mean metrics (x100) of one dataset, the per-image scores and the exact config.
+
+    Taught in notebooks/06_benchmark.ipynb.
+    """
 
     dataset: str
     per_class: dict[str, dict[str, float]]
@@ -113,7 +118,10 @@ class EvaluationResult:
         return out
 
     def to_markdown(self, paper: bool = False) -> str:
-        """A Markdown table, one row per class and a mean row; ``paper`` adds the paper's numbers."""
+        """A Markdown table, one row per class and a mean row; ``paper`` adds the paper's numbers.
+
+        Taught in notebooks/06_benchmark.ipynb.
+        """
         head = ["class"] + [METRIC_LABELS[m] for m in METRICS]
         lines = []
         if self.offline:
@@ -143,6 +151,29 @@ class EvaluationResult:
         return {"dataset": self.dataset, "per_class": self.per_class, "mean": self.mean, "config": self.config,
                 "meaningless": self.offline}
 
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> "EvaluationResult":
+        """Read back what :meth:`save` wrote (``results.json`` and ``scores.csv``).
+
+        Raises:
+            FileNotFoundError: either file is missing (names it).
+            ValueError: a file is not in the format :meth:`save` writes (names it).
+        """
+        out = Path(out_dir)
+        paths = {name: out / name for name in ("results.json", "scores.csv")}
+        for path in paths.values():
+            if not path.is_file():
+                raise FileNotFoundError(f"no saved evaluation here: {path} is missing")
+        try:
+            saved = json.loads(paths["results.json"].read_text(encoding="utf-8"))
+            with open(paths["scores.csv"], encoding="utf-8", newline="") as f:
+                scores = [{"path": r["path"], "class_name": r["class_name"], "label": int(r["label"]),
+                           **{k: float(r[k]) for k in SCORE_KINDS}} for r in csv.DictReader(f)]
+            return cls(saved["dataset"], saved["per_class"], saved["mean"], saved["config"], scores)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{out}: results.json / scores.csv are not what EvaluationResult.save writes "
+                             f"({type(err).__name__}: {err})") from err
+
     def save(self, out_dir: str | os.PathLike, paper: bool = False) -> dict[str, Path]:
         """Write ``results.md``, ``results.csv``, ``results.json``, ``scores.csv`` and ``config.json``."""
         out = Path(out_dir)
@@ -171,7 +202,10 @@ def _table(rows: list[tuple[str, dict[str, float]]], first: str) -> list[str]:
 
 
 def paper_table() -> str:
-    """The paper's Table 1 as Markdown (x100)."""
+    """The paper's Table 1 as Markdown (x100).
+
+    Taught in notebooks/06_benchmark.ipynb.
+    """
     return "\n".join(_table(list(PAPER_RESULTS.items()), "dataset")) + "\n"
 
 
@@ -179,6 +213,8 @@ def prompts_trained_on(dataset: str) -> str:
     """Which dataset's learned prompts evaluate ``dataset`` under the paper's protocol (SPEC §2.3).
 
     Prompts trained on VisA evaluate MVTec AD; prompts trained on MVTec AD evaluate every other dataset.
+
+    Taught in notebooks/06_benchmark.ipynb.
     """
     return "visa" if dataset == "mvtec" else "mvtec"
 
@@ -189,6 +225,9 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
     Args:
         results: dataset key -> its :class:`EvaluationResult`, in table order.
         paper: add the paper's row under each dataset and its industrial mean.
+    Returns:
+        The Markdown table (with the MEANINGLESS banner when a result is offline).
+    Taught in notebooks/06_benchmark.ipynb.
     """
     rows: list[tuple[str, dict[str, float]]] = []
     for name, result in results.items():
@@ -231,6 +270,7 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
     Returns:
         :class:`EvaluationResult`; its ``config`` records variant, size, prompts, protocol, AUPRO
         mode, seed and versions.
+    Taught in notebooks/06_benchmark.ipynb.
     """
     if aupro_mode not in AUPRO_MODES:
         raise ValueError(f"aupro_mode must be one of {AUPRO_MODES}, got {aupro_mode!r}")

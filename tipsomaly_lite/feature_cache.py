@@ -6,6 +6,8 @@ them from here instead of decoding the image and running the tower again; only t
 tokens, both CLS tokens and the ground-truth mask at the input size. They live in memory, or on
 disk as one ``.npz`` per image (read with ``allow_pickle=False``), stored in float16 by default
 (half the space; cosines change by ~1e-5) or float32 (bit-exact with the uncached path).
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def encode_batch(model: TIPS, images: Tensor) -> dict[str, Tensor]:
         images: ``(B, 3, S, S)`` in [0, 1].
     Returns:
         ``patch_tokens (B, N, D)``, ``cls1 (B, D)``, ``cls2 (B, D)``, all L2-normalised float32.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     cls1, cls2, patches = model.encode_image(images)
     return {"patch_tokens": l2_normalize(patches.float()), "cls1": l2_normalize(cls1.float()),
@@ -76,6 +79,7 @@ class FeatureCache:
     ``cls2 (B, D)`` and ``mask (B, 1, S, S)``. An entry's key is the image's absolute path, size
     and modification time, the input size and the model fingerprint, so an edited image or a
     different model never reads stale features.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
 
     def __init__(self, model: TIPS, image_size: int, folder: str | os.PathLike | None = None,

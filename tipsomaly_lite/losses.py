@@ -8,6 +8,8 @@ normal, 1 = anomalous), already upsampled to the mask size, against a binary ``m
 Focal works on probabilities (not logits) with γ = 2 and no α weighting; Dice is the smoothed
 per-image soft Dice averaged over the batch. Both follow the authors' code exactly, including its
 1e-5 label smoothing, so a loss value can be compared with their logs (≈1.00 → 0.85 on MVTec).
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def focal_loss(probs: Tensor, mask: Tensor, gamma: float = 2.0, smooth: float = 
         Scalar tensor.
     Raises:
         ValueError: wrong shapes, or a mask with values other than 0 and 1 (threshold it first).
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     _check_probs(probs)
     target = _as_mask(mask, probs[:, 0])
@@ -81,6 +84,7 @@ def dice_loss(probs: Tensor, target: Tensor) -> Tensor:
         Scalar tensor in [0, 1) for probabilities and binary targets.
     Raises:
         ValueError: ``probs`` is not 3-D or the shapes differ.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     if probs.ndim != 3:
         raise ValueError(f"probs must be (B, H, W) probabilities of one class, got shape {tuple(probs.shape)}.")
@@ -104,6 +108,7 @@ def segmentation_loss(probs: Tensor, mask: Tensor) -> Tensor:
         Scalar tensor.
     Raises:
         ValueError: wrong shapes or a non-binary mask.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     _check_probs(probs)
     target = _as_mask(mask, probs[:, 0])
@@ -167,6 +172,7 @@ def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-
         mask: ``(B, 1, H, W)`` or ``(B, H, W)`` in {0, 1}.
     Returns:
         Scalar tensor.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     if anomalous.ndim != 3 or not anomalous.is_floating_point():
         raise ValueError(f"anomalous must be (B, H, W) float probabilities, got {tuple(anomalous.shape)} "

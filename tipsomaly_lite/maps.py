@@ -7,6 +7,8 @@ with a Gaussian of σ = 4 pixels. The smoothing is a torch separable equivalent 
 map: same kernel (radius ``int(4σ + 0.5)``), same half-sample symmetric ("reflect") borders,
 tested against scipy to 1e-5. Doing it in torch keeps the whole pipeline on the GPU and batched
 instead of a numpy round trip per image.
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def gaussian_blur(maps: Tensor, sigma: float = 4.0, truncate: float = 4.0) -> Te
         at least float32), else float32.
     Raises:
         ValueError: ``maps`` is not 3-D or ``sigma`` is negative.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}.")
@@ -117,6 +120,7 @@ def anomaly_map(patch_scores: Tensor, grid: tuple[int, int], image_size: int | t
         ``(B, H, W)`` anomaly map, in the dtype of ``patch_scores`` when floating point.
     Raises:
         ValueError: ``patch_scores`` is not 2-D or ``N != gh * gw``.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     if patch_scores.ndim != 2:
         raise ValueError(f"patch_scores must be (B, N), got shape {tuple(patch_scores.shape)}.")

@@ -37,6 +37,8 @@ AUPRO comes in two flavours (``AUPRO_MODES``), because published tables use both
 
 Undefined metrics (a class with one label value, no anomalous pixel, ...) are ``nan`` with a
 :class:`MetricWarning` that says which class and why, never a silent 0.
+
+Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ def image_auroc(labels: Any, scores: Any, name: str = "") -> float:
         AUROC in [0, 1], or ``nan`` with a :class:`MetricWarning` when the labels hold one value.
     Raises:
         ValueError: bad shapes, labels other than 0/1, NaN or infinite scores.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     labels, scores = _image_inputs(labels, scores)
     reason = _image_undefined_reason(labels)
@@ -219,6 +222,7 @@ def image_ap(labels: Any, scores: Any, name: str = "") -> float:
         name: class name, used in warnings.
     Returns:
         AP in [0, 1], or ``nan`` with a :class:`MetricWarning` when the labels hold one value.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     labels, scores = _image_inputs(labels, scores)
     reason = _image_undefined_reason(labels)
@@ -246,6 +250,7 @@ def f1_max(labels: Any, scores: Any, name: str = "") -> float:
         name: class name, used in warnings.
     Returns:
         F1-max in [0, 1], or ``nan`` with a :class:`MetricWarning` when the labels hold one value.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     labels, scores = _image_inputs(labels, scores)
     reason = _image_undefined_reason(labels)
@@ -263,6 +268,7 @@ def image_metrics(labels: Any, scores: Any, name: str = "") -> dict[str, float]:
         name: class name, used in warnings.
     Returns:
         ``{"image_auroc", "image_ap", "image_f1_max"}``, each in [0, 1] or ``nan``.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     labels, scores = _image_inputs(labels, scores)
     reason = _image_undefined_reason(labels)
@@ -308,6 +314,7 @@ class PixelAccumulator:
         for batch in loader:
             acc.add(anomaly_maps, batch["mask"])       # (B,H,W), (B,1,H,W)
         acc.compute()   # {"pixel_auroc": ..., "pixel_f1_max": ..., "pixel_aupro": ...}
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
 
     def __init__(self, connectivity: int = 8, name: str = "") -> None:
@@ -475,6 +482,7 @@ class PixelAccumulator:
             in ``"compat"`` also constant maps or fewer than 2 points below ``max_fpr``).
         Raises:
             ValueError: unknown mode, ``max_fpr`` outside (0, 1], ``steps < 1``.
+        Taught in notebooks/06_benchmark.ipynb.
         """
         self._check_aupro_args(mode, max_fpr, steps)
         reason = self._undefined_reason()
@@ -560,12 +568,16 @@ def _accumulate(anomaly_maps: Any, masks: Any, connectivity: int, name: str) -> 
 
 def pixel_auroc(anomaly_maps: Any, masks: Any, name: str = "") -> float:
     """Pixel AUROC of ``(B,H,W)`` maps against ``(B,H,W)`` masks; see :meth:`PixelAccumulator.pixel_auroc`.
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     return _accumulate(anomaly_maps, masks, 8, name).pixel_auroc()
 
 
 def pixel_f1_max(anomaly_maps: Any, masks: Any, name: str = "") -> float:
     """Pixel F1-max of ``(B,H,W)`` maps against ``(B,H,W)`` masks; see :meth:`PixelAccumulator.pixel_f1_max`.
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     return _accumulate(anomaly_maps, masks, 8, name).pixel_f1_max()
 
@@ -573,6 +585,11 @@ def pixel_f1_max(anomaly_maps: Any, masks: Any, name: str = "") -> float:
 def aupro(anomaly_maps: Any, masks: Any, mode: str = "standard", max_fpr: float = 0.3, steps: int = 200,
           connectivity: int = 8, name: str = "") -> float:
     """AUPRO of ``(B,H,W)`` maps against ``(B,H,W)`` masks; see :meth:`PixelAccumulator.aupro`.
+
+    ``mode`` is one of ``AUPRO_MODES``: ``"standard"`` (exact integral over FPR in [0, 0.3], / 0.3) or
+    ``"compat"`` (the ZSAD papers' 200-threshold recipe, the one in the paper's table).
+
+    Taught in notebooks/06_benchmark.ipynb.
     """
     PixelAccumulator._check_aupro_args(mode, max_fpr, steps)
     return _accumulate(anomaly_maps, masks, connectivity, name).aupro(mode, max_fpr, steps)
@@ -581,6 +598,8 @@ def aupro(anomaly_maps: Any, masks: Any, mode: str = "standard", max_fpr: float 
 def pixel_metrics(anomaly_maps: Any, masks: Any, aupro_mode: str = "standard", connectivity: int = 8,
                   name: str = "") -> dict[str, float]:
     """All pixel metrics of ``(B,H,W)`` maps against ``(B,H,W)`` masks; see :meth:`PixelAccumulator.compute`.
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     PixelAccumulator._check_aupro_args(aupro_mode, 0.3, 200)
     return _accumulate(anomaly_maps, masks, connectivity, name).compute(aupro_mode)

@@ -6,6 +6,8 @@ layout and loaded by the same loader as the real checkpoints, so the offline mod
 the real code path.
 
 ``TIPSOMALY_OFFLINE=1`` forces it: ``load_tips("l14-hr")`` then returns the tiny model.
+
+Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ MEANINGLESS = (
 
 
 class MeaninglessResultsWarning(UserWarning):
-    """Raised (as a warning) whenever the tiny random model is used."""
+    """Raised (as a warning) whenever the tiny random model is used.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
 
 
 def offline_forced() -> bool:
-    """True when ``TIPSOMALY_OFFLINE`` is set to something other than 0/false/empty."""
+    """True when ``TIPSOMALY_OFFLINE`` is set to something other than 0/false/empty.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -116,7 +124,10 @@ def random_tips_arrays(arch: Architecture, seed: int = TINY_SEED) -> tuple[dict,
 
 
 def tiny_files(home: str | os.PathLike | None = None) -> tuple[Path, Path, Path]:
-    """Paths of the tiny (vision npz, text npz, tokenizer), created deterministically if missing."""
+    """Paths of the tiny (vision npz, text npz, tokenizer), created deterministically if missing.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     if home is None:
         from tipsomaly_lite.download import cache_dir
 

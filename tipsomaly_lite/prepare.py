@@ -7,6 +7,8 @@
 ``tipsomaly_lite.datasets.AnomalyDataset`` reads, and a ``protocol.json`` recording the split
 protocol. Work happens in a hidden temporary folder renamed at the end, so an interrupted run
 leaves nothing that looks finished. None of the datasets is shipped with this repository.
+
+Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
@@ -167,7 +169,10 @@ def _source(key: str) -> DatasetSource:
 
 
 def instructions(key: str) -> str:
-    """Human-readable text: what the dataset is, its licence and how to get and prepare it."""
+    """Human-readable text: what the dataset is, its licence and how to get and prepare it.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     src = _source(key)
     where = src.url or "no direct link (manual download)"
     counts = (f"{src.test_normal} normal / {src.test_anomalous} anomalous test images"
@@ -197,6 +202,7 @@ def download_dataset(key: str, data_root: str | os.PathLike, *, archive: str | o
         data has to be fetched by hand first.
     Raises:
         DownloadError: network failure or checksum mismatch.
+    Taught in notebooks/00_setup.ipynb.
     """
     src = _source(key)
     data_root = pathlib.Path(data_root)
@@ -558,6 +564,7 @@ def check_published_counts(key: str, counts: dict[str, tuple[int, int]], *,
         protocol: the split protocol; published totals only apply to the default one.
     Returns:
         The mismatch messages (also emitted together as one ``UserWarning``).
+    Taught in notebooks/00_setup.ipynb.
     """
     src = _source(key)
     if key == "dagm" and protocol not in (None, "official"):
@@ -607,6 +614,7 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
     Raises:
         DatasetError: the native data is incomplete or inconsistent (names the file).
         FileExistsError: the output exists and ``overwrite`` is False.
+    Taught in notebooks/00_setup.ipynb.
     """
     _source(key)
     if protocol is not None and key != "dagm":

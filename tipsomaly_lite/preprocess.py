@@ -2,6 +2,8 @@
 
 TIPS uses no mean/std normalisation and squashes (no crop) to the input size. Grey images are
 repeated to three channels, alpha is dropped, 16-bit images are divided by 65535.
+
+Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def preprocess(images: ImageLike | Iterable[ImageLike], size: int = 448) -> Tens
     Args:
         images: one image or a list (PIL of any mode, paths, arrays, ``(3,H,W)`` tensors).
         size: output side in pixels, a multiple of 14 (448 native, 518 for the paper).
+    Taught in notebooks/01_loading_tips.ipynb.
     """
     check_size(size)
     if isinstance(images, (Image.Image, np.ndarray, str, os.PathLike)) or (

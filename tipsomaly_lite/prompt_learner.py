@@ -6,6 +6,8 @@ token embeddings (they are not scaled themselves), marked as real tokens (paddin
 the sequence is cut back to 64; the frozen text tower then adds the sinusoidal positions and
 runs as usual. Per state: normalise each sentence, average, normalise. Only the 2·n·D prompt
 values train.
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class PromptLearner(nn.Module):
 
     Calling the learner returns ``text_features (2, D)``, rows (normal, anomalous), L2-normalised,
     differentiable with respect to :attr:`normal` and :attr:`anomalous` only.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
 
     def __init__(self, model: TIPS, n_tokens: int = DEFAULT_N_TOKENS, prompt_set: str | PromptSet | None = None,

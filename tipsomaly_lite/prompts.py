@@ -9,6 +9,8 @@ a state are the L2-normalised mean of its L2-normalised sentence features. So a 
     >>> normal, anomalous = sets.sentences("metal nut")
     >>> len(normal), len(anomalous)
     (28, 20)
+
+Taught in notebooks/03_fixed_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PromptSet:
         anomalous_states: e.g. ``("damaged {}",)``.
         templates: e.g. ``("a bad photo of a {}.",)``.
         note: where the set comes from.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
 
     name: str
@@ -107,6 +110,7 @@ def get_prompt_set(spec: str | os.PathLike | PromptSet | Mapping[str, Any] | Non
 
     Raises:
         KeyError: unknown name. ValueError: malformed dict or file.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     if spec is None:
         return PROMPT_SETS[DEFAULT_PROMPT_SET]
@@ -133,7 +137,10 @@ def get_prompt_set(spec: str | os.PathLike | PromptSet | Mapping[str, Any] | Non
 
 
 def ensemble(sentence_features: Tensor) -> Tensor:
-    """``(S, D)`` sentence features -> ``(D,)``: normalise each, average, normalise again (SPEC §2.1)."""
+    """``(S, D)`` sentence features -> ``(D,)``: normalise each, average, normalise again (SPEC §2.1).
+
+    Taught in notebooks/03_fixed_prompts.ipynb.
+    """
     return l2_normalize(l2_normalize(sentence_features).mean(dim=0))
 
 
@@ -147,6 +154,7 @@ def text_features(model: TIPS, words: str | list[str], prompt_set: str | PromptS
         prompt_set: a :data:`PROMPT_SETS` name, a :class:`PromptSet` or a dict (default ``industrial``).
     Returns:
         ``text_features (C, 2, D)``, rows (normal, anomalous), L2-normalised.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     prompts = get_prompt_set(prompt_set)
     words = [words] if isinstance(words, str) else list(words)
@@ -163,6 +171,7 @@ class TextFeatureBank:
 
     ``bank(["bottle", "cable"]) -> (2, 2, D)``; each word's sentences go through the text tower the
     first time it is asked for only.
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
 
     def __init__(self, model: TIPS, prompt_set: str | PromptSet | None = None) -> None:

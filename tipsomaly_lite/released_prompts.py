@@ -10,6 +10,8 @@ The files are plain ``torch.save`` pickles of a ``torch.nn.ParameterList``. Unpi
 arbitrary file can run arbitrary code, so :func:`load_prompt_file` only ever uses torch's
 weights-only unpickler, with ``ParameterList`` as the single extra class it may rebuild; a file
 that names anything else is refused with :class:`UnsafePromptFileError` before any of it runs.
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -302,5 +304,6 @@ def load_released_prompts(name: str, download: bool = True) -> tuple[Tensor, Ten
         ``(normal, anomalous)``, each ``(8, 1024)`` float32, ``requires_grad=False``.
     Raises:
         See :func:`fetch_released_prompts` and :func:`load_prompt_file`.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     return load_prompt_file(fetch_released_prompts(name, download=download))

@@ -2,6 +2,8 @@
 
 Both levels use the same two-way softmax over cosine similarities divided by the TIPS
 temperature; only the token (a CLS token or a patch) and the text features change.
+
+Taught in notebooks/03_fixed_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def two_way_probabilities(tokens: Tensor, text_features: Tensor, temperature: fl
         temperature: the TIPS temperature (cosines are divided by it).
     Returns:
         ``(B, N, 2)`` probabilities (normal, anomalous).
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (B, N, D), got {tuple(tokens.shape)}")
@@ -53,6 +56,7 @@ def global_score(global_tokens: Tensor, text_features: Tensor, temperature: floa
         temperature: the TIPS temperature.
     Returns:
         ``(B,)`` P(anomalous) in [0, 1].
+    Taught in notebooks/03_fixed_prompts.ipynb.
     """
     return two_way_probabilities(global_tokens[:, None], text_features, temperature)[:, 0, 1]
 
@@ -66,5 +70,6 @@ def patch_probabilities(patch_tokens: Tensor, text_features: Tensor, temperature
         temperature: the TIPS temperature.
     Returns:
         ``(B, N, 2)`` probabilities.
+    Taught in notebooks/02_spatial_alignment.ipynb.
     """
     return two_way_probabilities(patch_tokens, text_features, temperature)

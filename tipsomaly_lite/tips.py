@@ -4,6 +4,8 @@
     model = load_tips(vision="v.npz", text="t.npz", tokenizer="tokenizer.model")
     model = load_tips("hf:google/tipsv2-b14")         # HuggingFace hub safetensors
     model = load_tips("tiny")                         # offline: random weights, meaningless outputs
+
+Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class TIPS(nn.Module):
         source: where the weights came from (paths or hub id).
         image_size: default input side for :meth:`preprocess` (a multiple of 14).
         is_offline: True for the tiny random model, whose outputs are meaningless.
+    Taught in notebooks/01_loading_tips.ipynb.
     """
 
     def __init__(self, arch: Architecture, tokenizer: Tokenizer, temperature: float, *, variant: str = "custom",
@@ -102,7 +105,10 @@ class TIPS(nn.Module):
         return self.arch.width
 
     def patch_grid(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
-        """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`)."""
+        """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`).
+
+        Taught in notebooks/01_loading_tips.ipynb.
+        """
         size = size or self.image_size
         h, w = (size, size) if isinstance(size, int) else size
         check_size(h, "height")
@@ -123,6 +129,7 @@ class TIPS(nn.Module):
             ``cls1 (B, D)`` (first CLS, alt-text trained, used for retrieval),
             ``cls2 (B, D)`` (second CLS, synthetic-caption trained),
             ``patch_tokens (B, N, D)`` with ``N = (H/14)(W/14)`` in row-major order.
+        Taught in notebooks/01_loading_tips.ipynb.
         """
         seq = self.vision(images.to(self.device, self.vision.pos_embed.dtype))
         cls1, cls2, patches = seq[:, 0], seq[:, 1], seq[:, 2:]
@@ -131,7 +138,10 @@ class TIPS(nn.Module):
         return cls1, cls2, patches
 
     def encode_text(self, texts: list[str] | str, normalize: bool = False, batch_size: int = 256) -> Tensor:
-        """Sentence features ``(T, D)`` (raw unless ``normalize``), ``T = len(texts)``."""
+        """Sentence features ``(T, D)`` (raw unless ``normalize``), ``T = len(texts)``.
+
+        Taught in notebooks/01_loading_tips.ipynb.
+        """
         if isinstance(texts, str):
             texts = [texts]
         outs = []
@@ -148,6 +158,7 @@ class TIPS(nn.Module):
             images: ``(B, 3, H, W)`` in [0, 1].
             texts: ``T`` sentences.
             token: ``"cls1"`` (TIPS's retrieval token) or ``"cls2"``.
+        Taught in notebooks/01_loading_tips.ipynb.
         """
         if token not in ("cls1", "cls2"):
             raise ValueError(f"token must be 'cls1' or 'cls2', got {token!r}")
@@ -215,6 +226,7 @@ def fetch_variant(name: str, download: bool = True) -> dict[str, Path]:
         KeyError: unknown variant.
         FileNotFoundError: a file is missing and ``download`` is False.
         tipsomaly_lite.download.DownloadError: the bucket cannot be reached.
+    Taught in notebooks/00_setup.ipynb.
     """
     from tipsomaly_lite.download import cache_dir, download as fetch
 
@@ -235,7 +247,10 @@ def fetch_variant(name: str, download: bool = True) -> dict[str, Path]:
 
 
 def variant_is_cached(name: str) -> bool:
-    """True when every file of a registry variant is already in the cache (no network)."""
+    """True when every file of a registry variant is already in the cache (no network).
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     try:
         fetch_variant(name, download=False)
         return True
@@ -305,6 +320,8 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
 
     ``TIPSOMALY_OFFLINE=1`` turns any registry name or hub id into ``"tiny"`` (explicit files and
     local ``hf:`` folders still load as asked).
+
+    Taught in notebooks/01_loading_tips.ipynb.
     """
     if vision is not None or text is not None:
         if vision is None or text is None or tokenizer is None:

@@ -3,6 +3,8 @@
 Lower-cased text -> SentencePiece ids (no BOS/EOS, padded with 0 / cut to 64) -> embeddings
 scaled by sqrt(D) plus fixed sinusoidal positions -> pre-LN transformer blocks with padded
 keys masked -> ``ln_final`` -> mean over the real (non-padded) positions. No projection.
+
+Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Tokenizer:
 
     Raises:
         FileNotFoundError: the tokenizer model is missing (names the path and how to get it).
+    Taught in notebooks/01_loading_tips.ipynb.
     """
 
     def __init__(self, model_path: str | os.PathLike, max_len: int = TEXT_MAX_LEN) -> None:
@@ -77,6 +80,8 @@ def sinusoidal_positions(length: int, width: int) -> Tensor:
 
     ``n = width/2``, ``inv = exp(-arange(n) * ln(10000)/(n-1))``, row ``p`` is
     ``[sin(p*inv), cos(p*inv)]``.
+
+    Taught in notebooks/01_loading_tips.ipynb.
     """
     n = width // 2
     inv = torch.exp(-torch.arange(n, dtype=torch.float32) * (math.log(10000.0) / (n - 1)))
@@ -148,6 +153,8 @@ class TextTower(nn.Module):
     Split in two steps so that learnable prompt vectors can be inserted between them
     (notebook 04): :meth:`embed_tokens` (ids -> sqrt(D)-scaled embeddings) and
     :meth:`encode_embeddings` (positions, blocks, final norm, masked mean).
+
+    Taught in notebooks/01_loading_tips.ipynb.
     """
 
     def __init__(self, arch: Architecture) -> None:

@@ -2,6 +2,8 @@
 
 Parameter names equal the official npz names (``blocks.3.attn.qkv.weight`` ...), so a
 checkpoint loads with a plain, strict ``load_state_dict``.
+
+Taught in notebooks/01_loading_tips.ipynb.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def resize_pos_embed(pos_embed: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     CLS entry is kept as it is. Returns ``(1, 1+gh*gw, D)`` in the input dtype.
 
     448 -> 518 px is a 32 -> 37 grid, as in the Tipsomaly paper.
+
+    Taught in notebooks/01_loading_tips.ipynb.
     """
     n = pos_embed.shape[1] - 1
     g = math.isqrt(int(n))
@@ -125,6 +129,8 @@ class VisionTower(nn.Module):
     ``forward(images (B,3,H,W) in [0,1])`` returns the normed sequence ``(B, 2+N, D)``:
     ``[cls1, cls2, patch_0 ... patch_{N-1}]`` with ``N = (H/14)(W/14)`` in row-major order.
     No mean/std normalisation and no projection head.
+
+    Taught in notebooks/01_loading_tips.ipynb.
     """
 
     def __init__(self, arch: Architecture) -> None:

@@ -5,6 +5,8 @@ stain, crack, missing piece, colour change) is painted into a region, and that r
 ground-truth mask: an anomalous image differs from its clean twin only inside its mask. The
 result is an MVTec-like tree plus ``meta.json`` that ``AnomalyDataset`` reads like any benchmark.
 Everything is seeded: the same arguments give byte-identical files.
+
+Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
@@ -239,6 +241,7 @@ def render_sample(class_name: str, rng: np.random.Generator, *, image_size: int 
         ``clean`` ``(S,S,3)`` uint8, ``image`` ``(S,S,3)`` uint8 (equal to ``clean`` when
         ``defect`` is None) and ``mask`` ``(S,S)`` bool, True exactly where the defect was
         painted; ``image`` differs from ``clean`` only inside ``mask``.
+    Taught in notebooks/00_setup.ipynb.
     """
     if class_name not in TOY_CLASSES:
         raise ValueError(f"Unknown toy class {class_name!r}; expected one of {TOY_CLASSES}.")
@@ -294,6 +297,7 @@ def make_toy_dataset(root: str | os.PathLike, *, seed: int = DEFAULT_SEED,
         ``root`` as a ``Path``.
     Raises:
         FileExistsError: ``root`` exists, is not this toy dataset, and ``overwrite`` is False.
+    Taught in notebooks/00_setup.ipynb.
     """
     root = pathlib.Path(root)
     if isinstance(classes, str):

@@ -9,6 +9,8 @@ loss of every step) and ``checkpoints/epoch_NNN.safetensors`` (prompts + Adam st
 all written atomically. Calling :func:`train_prompts` again on the same folder resumes after the
 last checkpoint; the data order of an epoch depends only on ``(seed, epoch)``, so a resumed run
 equals an uninterrupted one.
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class TrainConfig:
     ``cache`` is ``"auto"`` (memory when the features fit in :data:`MEMORY_CACHE_LIMIT`, else disk
     under the run folder), ``"memory"``, ``"disk"`` (survives a restart) or ``"none"`` (encode
     every image in every epoch; only for checking the cache).
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
 
     epochs: int = 2
@@ -84,7 +88,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_prompts` returns."""
+    """What :func:`train_prompts` returns.
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+    """
 
     learner: PromptLearner
     history: list[dict[str, float]] = field(default_factory=list)  # one row per step
@@ -109,6 +116,7 @@ def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
         grid: ``(gh, gw)`` with ``gh * gw = N``.
     Returns:
         scalar ``Focal(P, mask) + Dice(P_anomalous, mask) + Dice(P_normal, 1 - mask)``.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     b, n, _ = patch_tokens.shape
     if grid[0] * grid[1] != n:
@@ -177,7 +185,10 @@ def flush_denormals() -> Iterator[None]:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The highest-epoch ``checkpoints/epoch_NNN.safetensors`` of a run folder, or None."""
+    """The highest-epoch ``checkpoints/epoch_NNN.safetensors`` of a run folder, or None.
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+    """
     found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").glob("epoch_*.safetensors")
              if (m := _CKPT.search(p.name))]
     return max(found)[1] if found else None
@@ -275,6 +286,7 @@ def train_prompts(model: TIPS, dataset: Any, config: TrainConfig | None = None,
         on_step: called after every step with ``{"epoch", "step", "loss"}`` (for live plots).
     Returns:
         :class:`TrainResult` with the learner, the loss history and the checkpoint paths.
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     config = config or TrainConfig()
     if len(dataset) == 0:

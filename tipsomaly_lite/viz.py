@@ -1,4 +1,6 @@
 """A small figure vocabulary shared by the demo, the CLI and the notebooks; style is set once here.
+
+Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def _to_hwc(image: Tensor | np.ndarray) -> np.ndarray:
 
 def show_images(images: Sequence[Tensor | np.ndarray], titles: Sequence[str] | None = None,
                 ncols: int = 4, size: float = 2.4) -> plt.Figure:
-    """A grid of images ``(3,H,W)`` in [0,1] (or ``(H,W,3)`` arrays) with optional titles."""
+    """A grid of images ``(3,H,W)`` in [0,1] (or ``(H,W,3)`` arrays) with optional titles.
+
+    Taught in notebooks/00_setup.ipynb.
+    """
     set_style()
     n = len(images)
     ncols = min(ncols, n)
@@ -51,7 +56,10 @@ def show_images(images: Sequence[Tensor | np.ndarray], titles: Sequence[str] | N
 
 
 def upsample_map(values: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(B, gh, gw)`` patch values -> ``(B, H, W)`` by bilinear upsampling (align_corners False)."""
+    """``(B, gh, gw)`` patch values -> ``(B, H, W)`` by bilinear upsampling (align_corners False).
+
+    Taught in notebooks/01_loading_tips.ipynb.
+    """
     return torch.nn.functional.interpolate(values[:, None].float(), size=size, mode="bilinear",
                                            align_corners=False)[:, 0]
 
@@ -65,6 +73,8 @@ def plot_similarity_maps(images: Tensor, maps: Tensor, prompts: Sequence[str], r
         maps: ``(B, P, H, W)`` cosine similarities, one map per prompt (already upsampled).
         prompts: ``P`` prompt texts (column titles).
         row_titles: ``B`` titles for the image column.
+
+    Taught in notebooks/01_loading_tips.ipynb.
     """
     set_style()
     b, p = maps.shape[:2]
@@ -92,6 +102,8 @@ def overlay_anomaly_map(image: Tensor | np.ndarray, anomaly_map: Tensor | np.nda
 
     ``vmin``/``vmax`` fix the colour scale (e.g. 0 and 1 for probabilities, so that a normal
     image does not look hot); by default each map is stretched to its own range.
+
+    Taught in notebooks/02_spatial_alignment.ipynb.
     """
     set_style()
     if ax is None:
@@ -105,7 +117,10 @@ def overlay_anomaly_map(image: Tensor | np.ndarray, anomaly_map: Tensor | np.nda
 
 
 def plot_loss_curve(history: Sequence[dict], title: str = "prompt training", ax=None) -> plt.Axes:
-    """Loss per step (``history`` rows ``{"epoch", "step", "loss"}``, as ``train_prompts`` records) with epoch means."""
+    """Loss per step (``history`` rows ``{"epoch", "step", "loss"}``, as ``train_prompts`` records) with epoch means.
+
+    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+    """
     set_style()
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3), layout="constrained")
@@ -133,7 +148,10 @@ def _curve_axes(ax, title: str, xlabel: str, ylabel: str) -> plt.Axes:
 
 
 def plot_roc(labels, scores: dict[str, Sequence[float]] | Sequence[float], title: str = "ROC", ax=None) -> plt.Axes:
-    """ROC curves: ``labels (M,)`` in {0,1} and one ``(M,)`` score array per name, AUROC in the legend."""
+    """ROC curves: ``labels (M,)`` in {0,1} and one ``(M,)`` score array per name, AUROC in the legend.
+
+    Taught in notebooks/03_fixed_prompts.ipynb.
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
     ax = _curve_axes(ax, title, "false positive rate", "true positive rate")
@@ -148,7 +166,10 @@ def plot_roc(labels, scores: dict[str, Sequence[float]] | Sequence[float], title
 
 def plot_pr(labels, scores: dict[str, Sequence[float]] | Sequence[float], title: str = "precision-recall",
             ax=None) -> plt.Axes:
-    """Precision-recall curves, AP in the legend; the dashed line is the share of anomalies."""
+    """Precision-recall curves, AP in the legend; the dashed line is the share of anomalies.
+
+    Taught in notebooks/03_fixed_prompts.ipynb.
+    """
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     ax = _curve_axes(ax, title, "recall", "precision")
@@ -163,7 +184,10 @@ def plot_pr(labels, scores: dict[str, Sequence[float]] | Sequence[float], title:
 
 def plot_histograms(values: dict[str, Sequence[float]], title: str = "", xlabel: str = "", bins: int = 40,
                     ax=None) -> plt.Axes:
-    """Overlaid density histograms, one per name (e.g. normal vs anomalous scores)."""
+    """Overlaid density histograms, one per name (e.g. normal vs anomalous scores).
+
+    Taught in notebooks/02_spatial_alignment.ipynb.
+    """
     set_style()
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
@@ -176,7 +200,10 @@ def plot_histograms(values: dict[str, Sequence[float]], title: str = "", xlabel:
 
 def plot_projection(features: dict[str, Tensor | np.ndarray], title: str = "PCA of features", ax=None,
                     max_points: int = 2000) -> plt.Axes:
-    """2-D PCA of several feature sets ``(M_i, D)`` fitted on all of them together, one colour each."""
+    """2-D PCA of several feature sets ``(M_i, D)`` fitted on all of them together, one colour each.
+
+    Taught in notebooks/02_spatial_alignment.ipynb.
+    """
     set_style()
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 3.6), layout="constrained")
@@ -192,4 +219,82 @@ def plot_projection(features: dict[str, Tensor | np.ndarray], title: str = "PCA 
         ax.scatter(xy[:, 0], xy[:, 1], s=6 if len(a) > 50 else 30, alpha=0.6, label=name)
     ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
     ax.legend(fontsize=7, markerscale=2)
+    return ax
+
+
+def plot_metric_bars(rows: dict[str, dict[str, float]], metrics: Sequence[str],
+                     labels: dict[str, str] | None = None, title: str = "", ax=None,
+                     ylim: tuple[float, float] = (0.0, 105.0)) -> plt.Axes:
+    """Grouped bars: one group per metric, one bar per row (e.g. ``{"ours": mean, "paper": row}``).
+
+    Args:
+        rows: row name -> ``{metric: value}`` (x100 numbers, as the evaluation tables hold);
+            a missing or NaN value leaves its bar out and writes "n/a".
+        metrics: the metric keys to draw, in order (e.g. ``evaluation.METRICS``).
+        labels: metric key -> axis label (e.g. ``evaluation.METRIC_LABELS``); default the keys.
+        title: drawn in red when it says MEANINGLESS.
+        ax: where to draw (a new figure when None).
+        ylim: value axis range.
+    Returns:
+        The axes, with each bar's value written above it.
+
+    Taught in notebooks/06_benchmark.ipynb.
+    """
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 + 0.9 * len(metrics), 3), layout="constrained")
+    names = list(rows)
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(metrics))
+    for j, name in enumerate(names):
+        values = np.array([float(rows[name].get(m, float("nan"))) for m in metrics])
+        pos = x - 0.4 + width * (j + 0.5)
+        ok = np.isfinite(values)
+        bars = ax.bar(pos[ok], values[ok], width * 0.95, label=name)
+        for p, v in zip(pos, values):
+            text = f"{v:.1f}" if np.isfinite(v) else "n/a"
+            y = v if np.isfinite(v) else ylim[0]
+            ax.text(p, y, text, ha="center", va="bottom", fontsize=6, rotation=90 if len(names) > 2 else 0,
+                    color=bars.patches[0].get_facecolor() if ok.any() else "grey")
+    ax.set_xticks(x, [(labels or {}).get(m, m) for m in metrics], fontsize=7)
+    ax.set_ylim(*ylim)
+    ax.set_title(title, color="red" if "MEANINGLESS" in title else "black")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(names), 3), frameon=False)
+    return ax
+
+
+def plot_pro_curve(fpr: Sequence[float], pro: Sequence[float], max_fpr: float | None = 0.3, label: str = "",
+                   title: str = "PRO curve", xlabel: str = "false positive rate", ax=None) -> plt.Axes:
+    """A per-region-overlap curve with the area AUPRO integrates shaded.
+
+    Args:
+        fpr: ``(K,)`` false positive rates of K thresholds, any order.
+        pro: ``(K,)`` per-region overlaps at the same thresholds.
+        max_fpr: shade the area up to this FPR and mark it (0.3 for AUPRO); None shades
+            the whole curve (e.g. the ZSAD papers' rescaled FPR axis).
+        label: legend entry.
+        title, xlabel: axis texts.
+        ax: where to draw (a new figure when None); call again on the same axes to overlay.
+    Returns:
+        The axes.
+
+    Taught in notebooks/06_benchmark.ipynb.
+    """
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.8, 3.2), layout="constrained")
+    fpr, pro = np.asarray(fpr, dtype=float), np.asarray(pro, dtype=float)
+    order = np.lexsort((pro, fpr))  # FPR ascending; at equal FPR the PRO jump is drawn upwards
+    fpr, pro = fpr[order], pro[order]
+    line, = ax.plot(fpr, pro, lw=1.5, marker=".", ms=3, label=label or None)
+    limit = fpr.max() if max_fpr is None else max_fpr
+    keep = fpr < limit
+    xs = np.r_[fpr[keep], limit]
+    ys = np.r_[pro[keep], np.interp(limit, fpr, pro)]
+    ax.fill_between(xs, 0, ys, color=line.get_color(), alpha=0.2)
+    if max_fpr is not None:
+        ax.axvline(max_fpr, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel=xlabel, ylabel="per-region overlap", title=title, xlim=(0, 1), ylim=(0, 1.02))
+    if label:
+        ax.legend(fontsize=7, loc="lower right")
     return ax

@@ -1,0 +1,99 @@
+"""The self-checks of notebook 03 pass on the reference solutions and catch typical wrong answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tipsomaly_lite import checks
+from tipsomaly_lite.checks import CheckFailed
+
+
+def good_scores(cls_tokens, text_features, class_index, temperature):
+    g = cls_tokens / cls_tokens.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+    cos = torch.einsum("bd,bsd->bs", g, text_features[class_index])
+    return (cos / temperature).softmax(dim=-1)[:, 1]
+
+
+def normal_column(cls_tokens, text_features, class_index, temperature):
+    return 1 - good_scores(cls_tokens, text_features, class_index, temperature)
+
+
+def first_class_for_all(cls_tokens, text_features, class_index, temperature):
+    return good_scores(cls_tokens, text_features, torch.zeros_like(class_index), temperature)
+
+
+def unnormalised_tokens(cls_tokens, text_features, class_index, temperature):
+    cos = torch.einsum("bd,bsd->bs", cls_tokens, text_features[class_index])
+    return (cos / temperature).softmax(dim=-1)[:, 1]
+
+
+def _pr_points(labels, scores, group_ties=True):
+    y, s = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp, fp = np.cumsum(y_sorted), np.cumsum(~y_sorted)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True] if group_ties else np.ones(len(s), bool)
+    return tp[last] / (tp[last] + fp[last]), tp[last] / y.sum()
+
+
+def good_f1(labels, scores):
+    precision, recall = _pr_points(labels, scores)
+    with np.errstate(invalid="ignore"):
+        return float(np.nanmax(2 * precision * recall / (precision + recall)))
+
+
+def f1_at_half(labels, scores):
+    y, pred = np.asarray(labels).astype(bool), np.asarray(scores) >= 0.5
+    tp = np.sum(pred & y)
+    return float(2 * tp / (2 * tp + np.sum(pred & ~y) + np.sum(~pred & y)))
+
+
+def f1_ties_split(labels, scores):
+    precision, recall = _pr_points(labels, scores, group_ties=False)
+    with np.errstate(invalid="ignore"):
+        return float(np.nanmax(2 * precision * recall / (precision + recall)))
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    monkeypatch.setenv("TIPSOMALY_STRICT_CHECKS", "1")
+
+
+@pytest.fixture
+def lenient(monkeypatch):
+    monkeypatch.delenv("TIPSOMALY_STRICT_CHECKS", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+
+
+def test_image_scores_by_class_passes_the_solution(strict):
+    assert checks.image_scores_by_class(good_scores) is True
+
+
+@pytest.mark.parametrize("wrong", [normal_column, first_class_for_all, unnormalised_tokens])
+def test_image_scores_by_class_catches_wrong_answers(strict, wrong):
+    with pytest.raises(CheckFailed):
+        checks.image_scores_by_class(wrong)
+
+
+def test_image_scores_by_class_prints_cross_without_raising(lenient, capsys):
+    assert checks.image_scores_by_class(first_class_for_all) is False
+    assert "❌" in capsys.readouterr().out
+    assert checks.image_scores_by_class(lambda *args: None) is False  # the student copy's `...`
+
+
+def test_f1_max_by_hand_passes_the_solution(strict):
+    assert checks.f1_max_by_hand(good_f1) is True
+
+
+@pytest.mark.parametrize("wrong", [f1_at_half, f1_ties_split])
+def test_f1_max_by_hand_catches_wrong_answers(strict, wrong):
+    with pytest.raises(CheckFailed):
+        checks.f1_max_by_hand(wrong)
+
+
+def test_f1_max_by_hand_prints_cross_without_raising(lenient, capsys):
+    assert checks.f1_max_by_hand(f1_at_half) is False
+    assert "❌" in capsys.readouterr().out
+    assert checks.f1_max_by_hand(lambda y, s: None) is False
