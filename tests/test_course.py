@@ -104,6 +104,18 @@ def test_real_model_reads_prepared_dataset_else_toy_stand_in(real_looking, tmp_p
     assert c.dataset("test").key == "mvtec"
 
 
+def test_with_auxiliary_points_the_prompts_at_another_source(real_looking, tmp_path):
+    make_toy_dataset(tmp_path / "btad", classes=["pill"], image_size=64, n_normal=2, n_anomalous=2)
+    c = course.start(variant="l14-hr", data_root=tmp_path, image_size=224, verbose=False)
+    other = c.with_auxiliary("btad")
+    assert (other.aux_key, other.aux_root) == ("btad", tmp_path / "btad") and other.model is c.model
+    assert c.aux_key == "toy_aux"  # the original course is unchanged
+    missing = c.with_auxiliary("mpdd")
+    assert missing.aux_key == "toy_aux" and "mpdd is not prepared" in missing.notes[-1]
+    _, run = other.training_set()
+    assert run.name.startswith("prompts-btad-224px-")
+
+
 def test_learned_prompts_train_once_then_load(monkeypatch, tmp_path):
     monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
     c = course.start(data_root=tmp_path, image_size=224, verbose=False)

@@ -13,7 +13,7 @@ import torch
 
 from tipsomaly_lite.datasets import AnomalyDataset
 from tipsomaly_lite.detector import Detector, Prediction
-from tipsomaly_lite.evaluation import METRICS, PAPER_RESULTS, evaluate, paper_table
+from tipsomaly_lite.evaluation import METRICS, PAPER_RESULTS, EvaluationResult, evaluate, paper_table
 from tipsomaly_lite.metrics import MetricWarning, image_metrics, pixel_metrics
 from tipsomaly_lite.toy_data import make_toy_dataset
 
@@ -63,6 +63,24 @@ def test_result_files_and_paper_table(tiny, toy, tmp_path):
     assert len(list(csv.DictReader(paths["scores.csv"].open()))) == len(toy)
     table = paper_table()
     assert table.count("\n") == 2 + len(PAPER_RESULTS) and "industrial_mean" in table
+    # What save wrote reads back as the same result.
+    back = EvaluationResult.load(tmp_path)
+    assert (back.dataset, back.per_class, back.mean, back.config) == (result.dataset, result.per_class,
+                                                                      result.mean, result.config)
+    assert [r["path"] for r in back.scores] == [r["path"] for r in result.scores]
+    again = back.image_metrics_by_score()
+    for kind, metrics in result.image_metrics_by_score().items():
+        assert again[kind] == pytest.approx(metrics, nan_ok=True)
+    assert back.to_markdown(paper=True) == result.to_markdown(paper=True)
+
+
+def test_loading_a_result_names_what_is_missing_or_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json is missing"):
+        EvaluationResult.load(tmp_path)
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "scores.csv").write_text("path,label\nx,1\n")
+    with pytest.raises(ValueError, match="not what EvaluationResult.save writes"):
+        EvaluationResult.load(tmp_path)
 
 
 def test_fusion_ablation_scores(tiny, toy):
