@@ -116,6 +116,21 @@ def test_with_auxiliary_points_the_prompts_at_another_source(real_looking, tmp_p
     assert run.name.startswith("prompts-btad-224px-")
 
 
+def test_released_prompts_are_found_by_the_protocols_name_even_without_its_data(monkeypatch, tmp_path):
+    """Real L/14 and VisA not prepared (toy stands in): MVTec still gets the released VisA prompts."""
+    import types
+
+    wanted = []
+    monkeypatch.setattr("tipsomaly_lite.released_prompts.load_released_prompts",
+                        lambda name: wanted.append(name) or (torch.zeros(8, 1024), torch.ones(8, 1024)))
+    model = types.SimpleNamespace(width=1024, variant="l14-hr")
+    c = course.Course(model, False, torch.device("cpu"), 111, 518, tmp_path, "mvtec", "toy_aux",
+                      tmp_path / "mvtec", tmp_path / "toy_aux", "visa")
+    (normal, _), source = c.learned_prompts()
+    assert source == "released:visa" and wanted == ["visa"] and normal.shape == (8, 1024)
+    assert c.with_auxiliary("mvtec").learned_prompts()[1] == "released:mvtec"
+
+
 def test_learned_prompts_train_once_then_load(monkeypatch, tmp_path):
     monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
     c = course.start(data_root=tmp_path, image_size=224, verbose=False)

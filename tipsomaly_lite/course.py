@@ -95,6 +95,8 @@ class Course:
         data_root: where prepared datasets live.
         test_key, aux_key: the evaluated dataset and the one the prompts train on (``toy`` offline).
         test_root, aux_root: their folders.
+        aux_source: the auxiliary dataset the protocol asks for (``visa`` for MVTec AD), even when
+            the toy data stands in for it; the released prompts are looked up by this name.
         notes: what was decided and why (printed by ``repr``).
     """
 
@@ -108,6 +110,7 @@ class Course:
     aux_key: str
     test_root: Path
     aux_root: Path
+    aux_source: str = ""
     notes: list[str] = field(default_factory=list)
 
     def dataset(self, which: str = "test", *, split: str = "test",
@@ -126,7 +129,7 @@ class Course:
         """
         notes = list(self.notes)
         aux_key, aux_root = _dataset_root(self.data_root, key, "aux", self.offline, notes)
-        return replace(self, aux_key=aux_key, aux_root=aux_root, notes=notes)
+        return replace(self, aux_key=aux_key, aux_root=aux_root, aux_source=key, notes=notes)
 
     @property
     def work_dir(self) -> Path:
@@ -153,19 +156,19 @@ class Course:
             # A seeded spread over all classes, not the first class alone.
             keep = np.sort(np.random.default_rng(self.seed).permutation(len(data))[:train_limit])
             data.samples = [data.samples[i] for i in keep]
-        return data, self.run_dir("prompts" if train_limit is None else f"prompts-first{train_limit}")
+        return data, self.run_dir("prompts" if train_limit is None else f"prompts-{train_limit}images")
 
     def learned_prompts(self, *, epochs: int = 2, train_limit: int | None = None, progress: bool = True,
                         prefer_released: bool = True) -> tuple[tuple[Tensor, Tensor], str]:
         """Pixel prompts for the test dataset under the paper's protocol, loaded when they exist.
 
         Real mode with the paper's L/14 first tries the authors' released prompts (trained on the
-        auxiliary dataset). Otherwise they are trained here on the auxiliary dataset, once: the
+        auxiliary dataset, which then need not be prepared here). Otherwise they are trained here on the auxiliary dataset, once: the
         run folder keeps the checkpoints, so the next call (or notebook) just loads them.
 
         Args:
             epochs: training epochs when training is needed.
-            train_limit: train on the first ``train_limit`` auxiliary images only (None: all).
+            train_limit: train on a seeded spread of this many auxiliary images (None: all).
             progress: progress bars.
             prefer_released: try the released prompts first (real mode, width 1024 only).
         Returns:
@@ -174,9 +177,10 @@ class Course:
         from tipsomaly_lite.released_prompts import RELEASED_PROMPTS, load_released_prompts
         from tipsomaly_lite.training import TrainConfig, train_prompts
 
-        if prefer_released and not self.offline and self.aux_key in RELEASED_PROMPTS and self.model.width == 1024:
+        source = self.aux_source or self.aux_key
+        if prefer_released and not self.offline and source in RELEASED_PROMPTS and self.model.width == 1024:
             try:
-                return load_released_prompts(self.aux_key), f"released:{self.aux_key}"
+                return load_released_prompts(source), f"released:{source}"
             except (DownloadError, FileNotFoundError) as err:
                 print(f"Released prompts unavailable ({err}); training our own instead.")
         data, run = self.training_set(train_limit)
@@ -257,7 +261,7 @@ def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_
     aux = auxiliary or auxiliary_for(dataset)
     test_key, test_root = _dataset_root(root, dataset, "test", is_offline, notes)
     aux_key, aux_root = _dataset_root(root, aux, "aux", is_offline, notes)
-    course = Course(model, is_offline, dev, seed, image_size, root, test_key, aux_key, test_root, aux_root, notes)
+    course = Course(model, is_offline, dev, seed, image_size, root, test_key, aux_key, test_root, aux_root, aux, notes)
     if verbose:
         print(repr(course))
     return course
