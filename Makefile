@@ -25,7 +25,7 @@ demo: install
 # pytest's exit code 5 means it collected nothing: a broken suite, reported as a failure.
 test: install
 	TIPSOMALY_OFFLINE=1 TIPSOMALY_STRICT_CHECKS=1 MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider \
-	  --nbval-lax --nbval-current-env --durations=10 tests notebooks; \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=10 tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:
