@@ -16,8 +16,9 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from tipsomaly_lite.atomic import atomic_file
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
@@ -72,11 +73,9 @@ def write_student_copies(out_dir: str | os.PathLike, notebooks_dir: str | os.Pat
     written = []
     for path in sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb")):
         copy, stubs = student_copy(json.loads(path.read_text(encoding="utf-8")), path.name)
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_file(out / path.name, "w", encoding="utf-8") as fh:
             json.dump(copy, fh, indent=1, ensure_ascii=False)
             fh.write("\n")
-        os.replace(tmp, out / path.name)
         written.append(out / path.name)
         print(f"{path.name}: {stubs} exercise stub(s)")
     return written

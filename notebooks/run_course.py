@@ -21,9 +21,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from tipsomaly_lite.atomic import atomic_file
+
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def run_notebook(path: Path, out_dir: Path, timeout: int = 600) -> float:

@@ -106,3 +106,31 @@ def http_server():
     srv.shutdown()
     srv.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def exercise_check(monkeypatch, capsys):
+    """Run an exercise's self-check the three ways that matter; returns nothing, asserts all.
+
+    ``check(right)`` passes (✅); every answer in ``wrongs``, and the student copy's stub (a
+    function returning None), raises ``CheckFailed`` in CI and, for a student, returns False and
+    prints ❌ with what was expected.
+    """
+    from tipsomaly_lite.checks import STRICT_ENV, CheckFailed
+
+    def run(check, right, wrongs):
+        monkeypatch.delenv("CI", raising=False)
+        monkeypatch.setenv(STRICT_ENV, "1")
+        assert check(right) is True
+        assert "✅" in capsys.readouterr().out
+        for wrong in [*wrongs, lambda *args, **kwargs: None]:
+            monkeypatch.setenv(STRICT_ENV, "1")
+            with pytest.raises(CheckFailed):
+                check(wrong)
+            capsys.readouterr()
+            monkeypatch.delenv(STRICT_ENV)
+            assert check(wrong) is False, getattr(wrong, "__name__", wrong)
+            out = capsys.readouterr().out
+            assert "❌" in out and "expected" in out
+
+    return run

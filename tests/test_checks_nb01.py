@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from tipsomaly_lite import checks
-from tipsomaly_lite.checks import CheckFailed
 
 
 # ---------------------------------------------------------------- reference and wrong solutions
@@ -79,32 +78,12 @@ def student_left_it(*args):
 
 CASES = [
     (checks.text_positions, positions_right,
-     [positions_interleaved, positions_over_n, positions_cos_first, student_left_it]),
+     [positions_interleaved, positions_over_n, positions_cos_first]),
     (checks.pos_embed_resize, resize_right,
-     [resize_plain_reshape, resize_no_antialias, resize_swapped_axes, resize_with_cls, student_left_it]),
+     [resize_plain_reshape, resize_no_antialias, resize_swapped_axes, resize_with_cls]),
 ]
 
 
-@pytest.mark.parametrize("check, right", [(c, r) for c, r, _ in CASES], ids=lambda x: getattr(x, "__name__", ""))
-def test_the_reference_solution_passes(check, right, monkeypatch, capsys):
-    monkeypatch.setenv("TIPSOMALY_STRICT_CHECKS", "1")
-    assert check(right) is True
-    assert "✅" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("check, wrong", [(c, w) for c, _, ws in CASES for w in ws],
-                         ids=lambda x: getattr(x, "__name__", ""))
-def test_a_wrong_answer_raises_in_ci(check, wrong, monkeypatch):
-    monkeypatch.setenv("TIPSOMALY_STRICT_CHECKS", "1")
-    with pytest.raises(CheckFailed):
-        check(wrong)
-
-
-@pytest.mark.parametrize("check, wrong", [(c, w) for c, _, ws in CASES for w in ws],
-                         ids=lambda x: getattr(x, "__name__", ""))
-def test_a_wrong_answer_prints_a_cross_for_a_student(check, wrong, monkeypatch, capsys):
-    monkeypatch.delenv("TIPSOMALY_STRICT_CHECKS", raising=False)
-    monkeypatch.delenv("CI", raising=False)
-    assert check(wrong) is False
-    out = capsys.readouterr().out
-    assert "❌" in out and "expected" in out
+@pytest.mark.parametrize("check, right, wrongs", CASES, ids=[c.__name__ for c, _, _ in CASES])
+def test_exercise_check(check, right, wrongs, exercise_check):
+    exercise_check(check, right, wrongs)

@@ -142,8 +142,6 @@ def test_learned_prompts_train_once_then_load(monkeypatch, tmp_path):
     (again, _), source2 = c.learned_prompts(epochs=1, train_limit=10, progress=False)
     assert source2 == source and torch.equal(again, normal)
     assert (run / "checkpoints" / "epoch_001.safetensors").stat().st_mtime_ns == stamp  # loaded, not retrained
-    classes = {s["cls_name"] for s in c.dataset("aux").samples}
-    assert len(classes) > 1
 
 
 def test_train_limit_spreads_over_classes(monkeypatch, tmp_path):

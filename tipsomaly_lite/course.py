@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def in_colab() -> bool:
 
     Taught in notebooks/00_setup.ipynb.
     """
-    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
+    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in sys.modules
 
 
 def default_data_root() -> Path:

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from tipsomaly_lite.checks.core import check_close, check_function, check_in_range, check_true, random_inputs, report  # noqa: F401
+from tipsomaly_lite.checks.core import check_function, report
 
 __all__: list[str] = ["patch_similarity_map", "delta_for_probability"]
 

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tipsomaly_lite.checks.core import check_close, check_function, check_in_range, check_true, random_inputs, report  # noqa: F401
+from tipsomaly_lite.checks.core import check_function, random_inputs
 
 __all__: list[str] = ["image_scores_by_class", "f1_max_by_hand"]
 

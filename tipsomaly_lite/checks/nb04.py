@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from tipsomaly_lite.checks.core import check_close, check_function, check_in_range, check_true, random_inputs, report  # noqa: F401
+from tipsomaly_lite.checks.core import check_function, random_inputs
 
 __all__: list[str] = ["batch_loss", "pixel_f1"]
 

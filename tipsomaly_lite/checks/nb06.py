@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from tipsomaly_lite.checks.core import check_close, check_function, check_in_range, check_true, random_inputs, report  # noqa: F401
+from tipsomaly_lite.checks.core import check_function, report
 from tipsomaly_lite.metrics import MetricWarning, PixelAccumulator, aupro
 
 __all__: list[str] = ["per_region_overlap", "aupro_gap", "pro_exercise_inputs", "aupro_gap_mask"]

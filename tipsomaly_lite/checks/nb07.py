@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tipsomaly_lite.checks.core import check_close, check_function, check_in_range, check_true, random_inputs, report  # noqa: F401
+from tipsomaly_lite.checks.core import check_function, random_inputs, report
 from tipsomaly_lite.metrics import f1_max
 from tipsomaly_lite.viz import upsample_map
 
@@ -59,7 +59,7 @@ def normal_threshold(fn: Callable[[Any, float], float]) -> bool:
         try:
             t = float(fn(torch.from_numpy(scores), alpha))
         except Exception as err:  # noqa: BLE001 - show the student's error
-            return report(name, False, f"a number", f"an exception on input {i}: {type(err).__name__}: {err}")
+            return report(name, False, "a number", f"an exception on input {i}: {type(err).__name__}: {err}")
         got = _flagged_share(scores, t)
         if got != expected:
             return report(name, False, f"input {i} (max_false_alarm={alpha}): {expected:.3f} of normal images flagged",
