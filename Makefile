@@ -4,8 +4,10 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 # The CPU build of torch; an unpinned `torch` would resolve to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# What `make test` takes after the install, measured on this project's 2-core CI machine.
+TEST_MINUTES = 5
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +25,21 @@ demo: install
 
 # The unit tests, then every notebook top to bottom (nbval, offline; a failed self-check raises).
 # pytest's exit code 5 means it collected nothing: a broken suite, reported as a failure.
+# Interactive cells draw once with their defaults (TIPSOMALY_WIDGETS=static): nothing waits on a widget.
 test: install
-	TIPSOMALY_OFFLINE=1 TIPSOMALY_STRICT_CHECKS=1 MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider \
-	  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=10 tests notebooks; \
+	@echo "make test: unit tests, then the 8 notebooks offline and 5 in a real-mode rehearsal; about $(TEST_MINUTES) min on 2 cores"
+	TIPSOMALY_OFFLINE=1 TIPSOMALY_STRICT_CHECKS=1 TIPSOMALY_WIDGETS=static MPLBACKEND=Agg $(PY) -m pytest -q \
+	  -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=10 tests notebooks; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:
 	rm -rf build .pytest_cache
+
+# Opt-in, not part of `make test`: every Python that pyproject.toml declares and this machine has
+# (python3.X on PATH or under pyenv) gets a throwaway venv in build/pythons/3.X/, installed as
+# `make install` does, then the unit tests and notebook 03 run offline there; prints a table.
+# Slow: torch is installed per version (from PyPI, a CUDA build, where no CPU wheel is at hand).
+# TEST_PYTHONS_ARGS, e.g. "--versions 3.12 --timeout 60 --reuse" (`.ci/test_pythons.py --help`).
+TEST_PYTHONS_ARGS ?=
+test-pythons:
+	$(PYTHON) .ci/test_pythons.py --torch-spec "$(TORCH_SPEC)" $(TEST_PYTHONS_ARGS)

@@ -5,8 +5,8 @@ One run builds ``--images`` seeded anomaly maps of ``--size`` px (about half the
 anomalous ones hold 1-3 ellipses, blobs or thin scratches of varied sizes; maps = smoothed noise plus
 higher values inside the defects, squashed to (0, 1), float32) and measures:
 
-* **AUPRO, compat** (the ZSAD papers' recipe, SPEC §2.5): ours,
-  ``tipsomaly_lite.metrics.aupro(maps, masks, mode="compat")``, against the straightforward loop the
+* **AUPRO, compat** (the ZSAD papers' recipe, docs/method.md §2.5): ours,
+  ``tipsomaly_lite.eval.metrics.aupro(maps, masks, mode="compat")``, against the straightforward loop the
   papers' code runs: 200 thresholds; for each, binarise all maps, loop over every region of every
   image (``scipy.ndimage.label`` once per mask, the region's pixel coordinates once per region) and
   count its predicted pixels, count the false positives; keep FPR < 0.3, min-max rescale the FPRs,
@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score  # noqa: E402
 
-from tipsomaly_lite import metrics  # noqa: E402
+from tipsomaly_lite.eval import metrics  # noqa: E402
 
 TARGET = 20.0
 MIB = 1024 * 1024
@@ -239,7 +239,7 @@ def environment() -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Benchmark tipsomaly_lite.metrics' histogram pixel metrics (AUPRO compat/standard, pixel "
+        description="Benchmark tipsomaly_lite.eval.metrics' histogram pixel metrics (AUPRO compat/standard, pixel "
                     "AUROC, pixel F1-max) against the straightforward loop / scikit-learn: time, peak memory, "
                     "values.",
         epilog="Speed ratio = reference time / ours: > 1 means ours is faster (target >= 20x for compat AUPRO). "
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     ]
     elapsed = time.perf_counter() - start
 
-    log("\n## Results (ours = tipsomaly_lite.metrics; speed ratio = reference time / ours)\n")
+    log("\n## Results (ours = tipsomaly_lite.eval.metrics; speed ratio = reference time / ours)\n")
     log(markdown_table(rows))
     compat = rows[0]
     log(f"\ncompat AUPRO: {compat['speed_ratio']:.1f}x faster than the loop (target >= {TARGET:.0f}x: "

@@ -3,8 +3,8 @@
 
 One run builds a random transformers ``Tipsv2Model`` (every parameter random, as in
 ``tests/test_tips_equivalence.py``), maps its state dict onto the official npz names with
-:func:`tipsomaly_lite.checkpoints.hf_to_npz_names`, writes real npz files and loads them with
-:func:`tipsomaly_lite.tips.load_tips`. Both models therefore hold the same numbers. Then, under
+:func:`tipsomaly_lite.backbones.tips.checkpoints.hf_to_npz_names`, writes real npz files and loads them with
+:func:`tipsomaly_lite.backbones.tips.model.load_tips`. Both models therefore hold the same numbers. Then, under
 ``torch.inference_mode()``:
 
 * vision tower, ours ``model.encode_image(images)`` vs theirs
@@ -66,11 +66,13 @@ from pathlib import Path
 
 import torch
 
-from tipsomaly_lite.reference import random_reference
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
+# The transformers reference is test-only code (tests/helpers), not part of the package.
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers.reference import random_reference  # noqa: E402
 
 TARGET = 1.2
 FP32_TOL = 1e-4
@@ -89,7 +91,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def make_config(family: str, depth: int | None):
-    from tipsomaly_lite.reference import reference_config
+    from helpers.reference import reference_config
 
     _, width, vdepth, heads, tdepth, tmlp = FAMILIES[family]
     return reference_config(width, depth or vdepth, heads, text_depth=depth or tdepth, text_mlp=tmlp)
@@ -97,8 +99,8 @@ def make_config(family: str, depth: int | None):
 
 def write_weights(ref, folder: Path) -> dict[str, str]:
     """npz pair + tokenizer for ours, config + state dict for theirs; returns the file paths."""
-    from tipsomaly_lite.offline import train_tiny_tokenizer
-    from tipsomaly_lite.reference import write_reference_npz
+    from tipsomaly_lite.backbones.tips.tiny import train_tiny_tokenizer
+    from helpers.reference import write_reference_npz
 
     vision, text = write_reference_npz(ref, folder)
     files = {"vision": vision, "text": text, "tokenizer": train_tiny_tokenizer(folder / "tok.model"),
@@ -109,7 +111,7 @@ def write_weights(ref, folder: Path) -> dict[str, str]:
 
 
 def load_ours(files: dict[str, str], device="cpu"):
-    from tipsomaly_lite.tips import load_tips
+    from tipsomaly_lite.backbones.tips.model import load_tips
 
     return load_tips(vision=files["vision"], text=files["text"], tokenizer=files["tokenizer"], device=device)
 
@@ -250,7 +252,7 @@ def memory_child(spec: dict) -> dict:
         else:
             fn = lambda: model.vision_model(pixel_values=images).last_hidden_state  # noqa: E731
     else:
-        from tipsomaly_lite.tips_text import Tokenizer
+        from tipsomaly_lite.backbones.tips.text import Tokenizer
 
         prompts = make_prompts(spec["batch"])
         if spec["impl"] == "ours":

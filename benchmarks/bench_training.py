@@ -33,13 +33,19 @@ from pathlib import Path
 
 import torch
 
-from tipsomaly_lite.checkpoints import standard_architecture, with_depth
-from tipsomaly_lite.datasets import AnomalyDataset
-from tipsomaly_lite.offline import MeaninglessResultsWarning, tiny_files
-from tipsomaly_lite.tips import TIPS, load_tips
-from tipsomaly_lite.tips_text import Tokenizer
-from tipsomaly_lite.toy_data import TOY_CLASSES, make_toy_dataset
-from tipsomaly_lite.training import TrainConfig, train_prompts
+
+# Test-only helpers (tests/helpers) are not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.arch import with_depth  # noqa: E402
+
+from tipsomaly_lite.backbones.tips.checkpoints import standard_architecture
+from tipsomaly_lite.data.datasets import AnomalyDataset
+from tipsomaly_lite.offline import MeaninglessResultsWarning
+from tipsomaly_lite.backbones.tips.tiny import tiny_files
+from tipsomaly_lite.backbones.tips.model import TIPS, load_tips
+from tipsomaly_lite.backbones.tips.text import Tokenizer
+from tipsomaly_lite.data.toy_data import TOY_CLASSES, make_toy_dataset
+from tipsomaly_lite.method.training import TrainConfig, train_prompts
 
 TARGET = 10.0
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tipsomaly_lite.archives import ArchiveError
-from tipsomaly_lite.download import DownloadError
-from tipsomaly_lite.prepare import DATASETS, download_dataset, instructions
+from tipsomaly_lite.data.archives import ArchiveError
+from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite.data.prepare import DATASETS, download_dataset, instructions
 
 
 def main(argv: list[str] | None = None) -> int:

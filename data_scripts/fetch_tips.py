@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tipsomaly_lite.download import DownloadError, cache_dir
-from tipsomaly_lite.tips import BUCKET, VARIANTS, fetch_variant
+from tipsomaly_lite.data.download import DownloadError, cache_dir
+from tipsomaly_lite.backbones.tips.registry import BUCKET, VARIANTS, fetch_variant
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from tipsomaly_lite import toy_data
+from tipsomaly_lite.data import toy_data
 
 
 def main(argv: list[str] | None = None) -> int:

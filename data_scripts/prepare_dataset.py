@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tipsomaly_lite.datasets import DatasetError
-from tipsomaly_lite.prepare import DAGM_PROTOCOLS, DATASETS, prepare_dataset
+from tipsomaly_lite.data.datasets import DatasetError
+from tipsomaly_lite.data.prepare import DAGM_PROTOCOLS, DATASETS, prepare_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

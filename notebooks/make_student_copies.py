@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from tipsomaly_lite.atomic import atomic_file
+from tipsomaly_lite.data.atomic import atomic_file
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from tipsomaly_lite.atomic import atomic_file
+    from tipsomaly_lite.data.atomic import atomic_file
 
     with atomic_file(path, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.real:
         os.environ["TIPSOMALY_OFFLINE"] = "1"  # inherited by every kernel
     os.environ.pop("MPLBACKEND", None)  # figures go inline into the HTML
+    os.environ.setdefault("TIPSOMALY_WIDGETS", "static")  # nobody moves a slider in an HTML page
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))

@@ -26,7 +26,7 @@ def _isolated_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_path(tmp_path_factory) -> Path:
-    from tipsomaly_lite.offline import train_tiny_tokenizer
+    from tipsomaly_lite.backbones.tips.tiny import train_tiny_tokenizer
 
     return train_tiny_tokenizer(tmp_path_factory.mktemp("spm") / "tokenizer.model")
 
@@ -35,7 +35,7 @@ def tiny_tokenizer_path(tmp_path_factory) -> Path:
 def tiny(_isolated_home):
     """The tiny offline TIPS (random weights), loaded once; its warning is expected here."""
     from tipsomaly_lite.offline import MeaninglessResultsWarning
-    from tipsomaly_lite.tips import load_tips
+    from tipsomaly_lite.backbones.tips.model import load_tips
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MeaninglessResultsWarning)
@@ -116,7 +116,7 @@ def exercise_check(monkeypatch, capsys):
     function returning None), raises ``CheckFailed`` in CI and, for a student, returns False and
     prints ❌ with what was expected.
     """
-    from tipsomaly_lite.checks import STRICT_ENV, CheckFailed
+    from tipsomaly_lite.course.checks import STRICT_ENV, CheckFailed
 
     def run(check, right, wrongs):
         monkeypatch.delenv("CI", raising=False)

@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.archives: normal archives extract, hostile ones are refused."""
+"""Tests for tipsomaly_lite.data.archives: normal archives extract, hostile ones are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tipsomaly_lite.archives import ArchiveError, extract_archive
+from tipsomaly_lite.data.archives import ArchiveError, extract_archive
 
 
 def _add_file(tf: tarfile.TarFile, name: str, data: bytes = b"hello") -> None:

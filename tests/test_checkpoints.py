@@ -8,11 +8,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from tipsomaly_lite.checkpoints import (CheckpointError, detect_architecture, npz_shapes, read_npz,
+from tipsomaly_lite.backbones.tips.checkpoints import (CheckpointError, detect_architecture, npz_shapes, read_npz,
                                         standard_architecture, text_layout, validate_pair, vision_layout,
-                                        with_depth, write_npz)
-from tipsomaly_lite.offline import TINY_ARCH, random_tips_arrays
-from tipsomaly_lite.tips import VARIANTS, load_tips
+                                        write_npz)
+from helpers.arch import with_depth
+from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH, random_tips_arrays
+from tipsomaly_lite.backbones.tips.model import load_tips
+from tipsomaly_lite.backbones.tips.registry import VARIANTS
 
 FAMILIES = ["S/14", "B/14", "L/14", "So400m/14", "g/14"]
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from tipsomaly_lite import checks
+from tipsomaly_lite.course import checks
 
 
 # ---------------------------------------------------------------- reference and wrong solutions

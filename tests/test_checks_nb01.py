@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tipsomaly_lite import checks
+from tipsomaly_lite.course import checks
 
 
 # ---------------------------------------------------------------- reference and wrong solutions

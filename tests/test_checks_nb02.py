@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 
-from tipsomaly_lite import checks
+from tipsomaly_lite.course import checks
 
 
 def good_similarity_map(patch_tokens, text_features, grid):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tipsomaly_lite import checks
+from tipsomaly_lite.course import checks
 
 
 def good_scores(cls_tokens, text_features, class_index, temperature):

@@ -7,9 +7,9 @@ import pytest
 import torch.nn.functional as F
 from sklearn.metrics import precision_recall_curve
 
-from tipsomaly_lite import checks
-from tipsomaly_lite.losses import segmentation_loss
-from tipsomaly_lite.scoring import patch_probabilities
+from tipsomaly_lite.course import checks
+from tipsomaly_lite.method.losses import segmentation_loss
+from tipsomaly_lite.method.scoring import patch_probabilities
 
 
 def good_batch_loss(patch_tokens, text_features, masks, temperature, grid):

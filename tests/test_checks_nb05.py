@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tipsomaly_lite import checks
-from tipsomaly_lite.checks import CheckFailed
-from tipsomaly_lite.checks.nb05 import _demo_rows
+from tipsomaly_lite.course import checks
+from tipsomaly_lite.course.checks import CheckFailed
+from tipsomaly_lite.course.checks.nb05 import _demo_rows
 
 
 def good_fused(global_score, patch_scores, global_weight=1.0, local_weight=1.0):
@@ -58,10 +58,10 @@ def test_exercise_check(check, right, wrongs, exercise_check):
 
 def test_per_class_auroc_on_an_evaluation(tiny, tmp_path, monkeypatch):
     """With a real EvaluationResult too (the notebook passes its own)."""
-    from tipsomaly_lite.datasets import AnomalyDataset
-    from tipsomaly_lite.detector import Detector
-    from tipsomaly_lite.evaluation import evaluate
-    from tipsomaly_lite.toy_data import make_toy_dataset
+    from tipsomaly_lite.data.datasets import AnomalyDataset
+    from tipsomaly_lite.method.detector import Detector
+    from tipsomaly_lite.eval.evaluation import evaluate
+    from tipsomaly_lite.data.toy_data import make_toy_dataset
 
     monkeypatch.setenv("TIPSOMALY_STRICT_CHECKS", "1")
     root = make_toy_dataset(tmp_path / "toy", seed=0, image_size=56)

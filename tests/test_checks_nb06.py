@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tipsomaly_lite import checks
+from tipsomaly_lite.course import checks
 
 
 def _pro(pred, mask):
@@ -59,8 +59,8 @@ def test_exercise_check(check, right, wrongs, exercise_check):
 def test_plot_metric_bars_and_pro_curve_draw():
     from matplotlib import pyplot as plt
 
-    from tipsomaly_lite.evaluation import METRIC_LABELS, METRICS, PAPER_RESULTS
-    from tipsomaly_lite.viz import plot_metric_bars, plot_pro_curve
+    from tipsomaly_lite.eval.evaluation import METRIC_LABELS, METRICS, PAPER_RESULTS
+    from tipsomaly_lite.course.viz import plot_metric_bars, plot_pro_curve
 
     ours = dict(PAPER_RESULTS["mvtec"], pixel_aupro=float("nan"))
     ax = plot_metric_bars({"ours": ours, "paper": PAPER_RESULTS["mvtec"]}, METRICS, METRIC_LABELS,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tipsomaly_lite import checks
+from tipsomaly_lite.course import checks
 
 
 def _normal_threshold(normal_scores, max_false_alarm):

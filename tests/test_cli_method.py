@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from tipsomaly_lite.cli import main
-from tipsomaly_lite.offline import MeaninglessResultsWarning, TINY_ARCH
-from tipsomaly_lite.toy_data import make_toy_dataset
+from tipsomaly_lite.offline import MeaninglessResultsWarning
+from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH
+from tipsomaly_lite.data.toy_data import make_toy_dataset
 
 SIZE = ["--image-size", "84", "--quiet"]
 
@@ -140,8 +141,8 @@ def test_prepared_native_datasets_run_through_the_benchmark(tmp_path, capsys):
     """Issue 3's preparation feeds issue 4's evaluation: fake VisA (class-id masks) and KSDD (strips)."""
     import warnings
 
-    from tipsomaly_lite import native_fixtures as nf
-    from tipsomaly_lite.prepare import prepare_dataset
+    from helpers import native as nf
+    from tipsomaly_lite.data.prepare import prepare_dataset
 
     data = tmp_path / "data"
     with warnings.catch_warnings():

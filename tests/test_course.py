@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tipsomaly_lite import checks, course
-from tipsomaly_lite.download import DownloadError
+from tipsomaly_lite.course import checks
+from tipsomaly_lite.course import session as course
+from tipsomaly_lite.data.download import DownloadError
 from tipsomaly_lite.offline import MeaninglessResultsWarning
-from tipsomaly_lite.toy_data import make_toy_dataset
+from tipsomaly_lite.data.toy_data import make_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +36,9 @@ def _quiet_meaningless():
 
 @pytest.fixture
 def real_looking(monkeypatch, tiny):
-    """``load_tips`` returns a small model that is *not* flagged offline: stands in for real TIPS."""
-    from tipsomaly_lite.offline import tiny_files
-    from tipsomaly_lite.tips import load_tips_files
+    """``load_backbone`` returns a small model that is *not* flagged offline: stands in for real TIPS."""
+    from tipsomaly_lite.backbones.tips.tiny import tiny_files
+    from tipsomaly_lite.backbones.tips.model import load_tips_files
 
     calls = []
 
@@ -49,7 +50,7 @@ def real_looking(monkeypatch, tiny):
         return load_tips_files(v, t, tok, variant=name, image_size=kwargs.get("image_size"))
 
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
-    monkeypatch.setattr(course, "load_tips", fake_load)
+    monkeypatch.setattr(course, "load_backbone", fake_load)
     return calls
 
 
@@ -81,14 +82,14 @@ def test_offline_argument_forces_offline_without_the_env(monkeypatch, tmp_path, 
 
 def test_unreachable_weights_fall_back_to_offline_unless_forbidden(monkeypatch, tmp_path):
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
-    real = course.load_tips
+    real = course.load_backbone
 
     def unreachable(name=None, **kwargs):
         if name != "tiny":
             raise DownloadError("cannot reach the bucket")
         return real("tiny", **kwargs)
 
-    monkeypatch.setattr(course, "load_tips", unreachable)
+    monkeypatch.setattr(course, "load_backbone", unreachable)
     c = course.start(data_root=tmp_path, image_size=224, verbose=False)
     assert c.offline and "neither cached nor downloadable (DownloadError)" in " ".join(c.notes)
     with pytest.raises(DownloadError):
@@ -121,9 +122,9 @@ def test_released_prompts_are_found_by_the_protocols_name_even_without_its_data(
     import types
 
     wanted = []
-    monkeypatch.setattr("tipsomaly_lite.released_prompts.load_released_prompts",
+    monkeypatch.setattr("tipsomaly_lite.data.released_prompts.load_released_prompts",
                         lambda name: wanted.append(name) or (torch.zeros(8, 1024), torch.ones(8, 1024)))
-    model = types.SimpleNamespace(width=1024, variant="l14-hr")
+    model = types.SimpleNamespace(family="tips", text_width=1024, variant="l14-hr")
     c = course.Course(model, False, torch.device("cpu"), 111, 518, tmp_path, "mvtec", "toy_aux",
                       tmp_path / "mvtec", tmp_path / "toy_aux", "visa")
     (normal, _), source = c.learned_prompts()
@@ -154,7 +155,7 @@ def test_train_limit_spreads_over_classes(monkeypatch, tmp_path):
         seen["n"] = len(data)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr("tipsomaly_lite.training.train_prompts", fake_train)
+    monkeypatch.setattr("tipsomaly_lite.method.training.train_prompts", fake_train)
     with pytest.raises(RuntimeError, match="stop here"):
         c.learned_prompts(train_limit=12, progress=False)
     assert seen["n"] == 12 and len(seen["classes"]) >= 3
@@ -167,7 +168,7 @@ def test_pick_device_and_data_root(monkeypatch, tmp_path):
     assert course.default_data_root() == tmp_path / "d"
     monkeypatch.delenv("TIPSOMALY_DATA")
     assert course.default_data_root().name == "data"
-    assert course.auxiliary_for("mvtec") == "visa" and course.auxiliary_for("btad") == "mvtec"
+    assert course.prompts_trained_on("mvtec") == "visa" and course.prompts_trained_on("btad") == "mvtec"
 
 
 # ---------------------------------------------------------------- checks core

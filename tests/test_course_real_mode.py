@@ -22,9 +22,10 @@ REHEARSED = ["00_setup", "04_learnable_pixel_prompts", "05_local_to_global_fusio
 
 @pytest.fixture(scope="module")
 def real_looking_home(tmp_path_factory):
-    from tipsomaly_lite.offline import MeaninglessResultsWarning, tiny_files
-    from tipsomaly_lite.tips import VARIANTS
-    from tipsomaly_lite.toy_data import make_toy_dataset
+    from tipsomaly_lite.offline import MeaninglessResultsWarning
+    from tipsomaly_lite.backbones.tips.tiny import tiny_files
+    from tipsomaly_lite.backbones.tips.registry import VARIANTS
+    from tipsomaly_lite.data.toy_data import make_toy_dataset
 
     home = tmp_path_factory.mktemp("real_home")
     with warnings.catch_warnings():
@@ -47,6 +48,7 @@ def test_notebook_runs_in_real_mode(name, real_looking_home, monkeypatch):
     monkeypatch.delenv("TIPSOMALY_DATA", raising=False)
     monkeypatch.setenv("TIPSOMALY_HOME", str(real_looking_home))
     monkeypatch.setenv("TIPSOMALY_STRICT_CHECKS", "1")
+    monkeypatch.setenv("TIPSOMALY_WIDGETS", "static")  # headless: interactive cells draw once, never wait
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()  # raises on any error

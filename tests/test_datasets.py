@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.datasets: meta.json, the MVTec-like reader and AnomalyDataset."""
+"""Tests for tipsomaly_lite.data.datasets: meta.json, the MVTec-like reader and AnomalyDataset."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tipsomaly_lite.datasets import (
+from tipsomaly_lite.data.datasets import (
     DATASET_KEYS, AnomalyDataset, DatasetError, build_meta_from_mvtec_layout, class_word,
     load_mask, read_meta, write_meta,
 )
-from tipsomaly_lite.native_fixtures import FAKE_SIZE, write_mvtec_like
+from helpers.native import FAKE_SIZE, write_mvtec_like
 
 
 @pytest.fixture
@@ -231,7 +231,7 @@ def test_write_meta_is_atomic(tmp_path):
 
 
 def test_dataset_images_go_through_the_same_pipeline_as_tips_preprocess(mvtec_root):
-    from tipsomaly_lite.preprocess import preprocess
+    from tipsomaly_lite.backbones.preprocess import preprocess
 
     ds = AnomalyDataset(mvtec_root, image_size=56)
     for i in (0, len(ds) - 1):

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from tipsomaly_lite.cli import main
-from tipsomaly_lite.demo import DEMO_SAMPLES, run_demo, similarity_maps
+from tipsomaly_lite.course.demo import DEMO_SAMPLES, run_demo
+from tipsomaly_lite.method.maps import similarity_maps
 from tipsomaly_lite.offline import MeaninglessResultsWarning
 
 
@@ -59,7 +60,7 @@ def test_fetch_script_lists_variants(capsys, monkeypatch):
 
 
 def test_viz_vocabulary_draws(tiny):
-    from tipsomaly_lite.viz import overlay_anomaly_map, show_images
+    from tipsomaly_lite.course.viz import overlay_anomaly_map, show_images
 
     images = [torch.rand(3, 28, 28), torch.rand(3, 28, 28), torch.rand(28, 28, 3).numpy()]
     fig = show_images(images, titles=["a", "b", "c"], ncols=2)
@@ -71,7 +72,7 @@ def test_viz_vocabulary_draws(tiny):
 
 
 def test_loss_curve_marks_epochs():
-    from tipsomaly_lite.viz import plot_loss_curve
+    from tipsomaly_lite.course.viz import plot_loss_curve
 
     history = [{"epoch": 1 + i // 3, "step": i + 1, "loss": 1.0 / (i + 1)} for i in range(6)]
     ax = plot_loss_curve(history, title="t")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tipsomaly_lite.datasets import AnomalyDataset
-from tipsomaly_lite.detector import Detector, Prediction
-from tipsomaly_lite.evaluation import METRICS, PAPER_RESULTS, EvaluationResult, evaluate, paper_table
-from tipsomaly_lite.metrics import MetricWarning, image_metrics, pixel_metrics
-from tipsomaly_lite.toy_data import make_toy_dataset
+from tipsomaly_lite.data.datasets import AnomalyDataset
+from tipsomaly_lite.method.detector import Detector, Prediction
+from tipsomaly_lite.eval.evaluation import METRICS, PAPER_RESULTS, EvaluationResult, evaluate, paper_table
+from tipsomaly_lite.eval.metrics import MetricWarning, image_metrics, pixel_metrics
+from tipsomaly_lite.data.toy_data import make_toy_dataset
 
 SIZE = 112
 

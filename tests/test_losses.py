@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.losses against slow per-pixel references written out here."""
+"""Tests for tipsomaly_lite.method.losses against slow per-pixel references written out here."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from tipsomaly_lite.losses import dice_loss, focal_loss, segmentation_loss
+from tipsomaly_lite.method.losses import dice_loss, focal_loss, segmentation_loss
 
 
 def slow_focal(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> float:
-    """SPEC §2.3 focal loss, one pixel at a time in Python floats."""
+    """docs/method.md §2.3 focal loss, one pixel at a time in Python floats."""
     b, c, h, w = probs.shape
     total = 0.0
     for i in range(b):
@@ -27,7 +27,7 @@ def slow_focal(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0, smoo
 
 
 def slow_dice(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """SPEC §2.3 Dice loss, per image with explicit sums."""
+    """docs/method.md §2.3 Dice loss, per image with explicit sums."""
     scores = []
     for i in range(probs.shape[0]):
         inter = sum(float(p) * float(t) for p, t in zip(probs[i].flatten(), target[i].flatten()))
@@ -131,7 +131,7 @@ def test_non_binary_mask_is_an_error():
 
 @pytest.mark.parametrize("shape", [(3, 2, 17, 11), (1, 2, 64, 64)])
 def test_fused_loss_has_the_same_value_and_gradient(shape):
-    from tipsomaly_lite.losses import fused_segmentation_loss
+    from tipsomaly_lite.method.losses import fused_segmentation_loss
 
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(*shape, dtype=torch.float64, generator=g) * 3

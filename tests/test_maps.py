@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.maps: the torch Gaussian equals scipy's, and the map pipeline."""
+"""Tests for tipsomaly_lite.method.maps: the torch Gaussian equals scipy's, and the map pipeline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from tipsomaly_lite.maps import anomaly_map, gaussian_blur, gaussian_kernel1d
+from tipsomaly_lite.method.maps import anomaly_map, gaussian_blur, gaussian_kernel1d
 
 
 def scipy_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> np.ndarray:

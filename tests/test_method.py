@@ -8,13 +8,12 @@ import math
 import pytest
 import torch
 
-from tipsomaly_lite.detector import Detector
-from tipsomaly_lite.feature_cache import encode_batch
-from tipsomaly_lite.fusion import fuse_scores, local_score
-from tipsomaly_lite.prompt_learner import PromptLearner
-from tipsomaly_lite.prompts import PROMPT_SETS, PromptSet, TextFeatureBank, ensemble, get_prompt_set, text_features
-from tipsomaly_lite.scoring import global_score, patch_probabilities, two_way_probabilities
-from tipsomaly_lite.tips import l2_normalize
+from tipsomaly_lite.method.detector import Detector
+from tipsomaly_lite.method.fusion import fuse_scores, local_score
+from tipsomaly_lite.method.prompt_learner import PromptLearner
+from tipsomaly_lite.method.prompts import PROMPT_SETS, PromptSet, TextFeatureBank, ensemble, get_prompt_set, text_features
+from tipsomaly_lite.method.scoring import global_score, patch_probabilities, two_way_probabilities
+from tipsomaly_lite.backbones.base import l2_normalize
 
 
 # ----------------------------------------------------------------------------- prompt sets
@@ -121,7 +120,7 @@ def test_fusion_adds_the_max_patch_probability():
 # ----------------------------------------------------------------------------- learnable prompts
 
 def _naive_learned_features(tiny, learner):
-    """SPEC §2.3 literally: prepend, full 64-token sequence with its padding, no trimming."""
+    """docs/method.md §2.3 literally: prepend, full 64-token sequence with its padding, no trimming."""
     normal_s, anomalous_s = learner.prompt_set.sentences("object")
     out = []
     for prompt, sentences in ((learner.normal, normal_s), (learner.anomalous, anomalous_s)):
@@ -175,7 +174,7 @@ def test_detector_modes_pick_the_right_text_features(tiny, learned):
     fixed = text_features(tiny, words)
     with torch.no_grad():
         mine = learned()
-    feats = encode_batch(tiny, images)
+    feats = tiny.encode_features(images)
     expect = {
         "training_free": (fixed, fixed),
         "decoupled": (fixed, mine),
@@ -202,7 +201,7 @@ def test_detector_token_choice_and_prompt_tensors(tiny, learned):
     det2 = Detector(tiny, learned)
     p1, p2 = det1.predict(images, "pill"), det2.predict(images, "pill")
     torch.testing.assert_close(p1.patch_scores, p2.patch_scores)
-    cls2 = encode_batch(tiny, images)["cls2"]
+    cls2 = tiny.encode_features(images)["cls2"]
     torch.testing.assert_close(p1.global_score, global_score(cls2, text_features(tiny, ["pill"]), tiny.temperature))
     assert det1.config()["global_token"] == "cls2" and det1.config()["mode"] == "decoupled"
 
@@ -221,7 +220,7 @@ def test_detector_rejects_bad_settings(tiny):
 def test_package_exports_the_entry_points():
     import tipsomaly_lite
 
-    from tipsomaly_lite.training import train_prompts
+    from tipsomaly_lite.method.training import train_prompts
 
     assert tipsomaly_lite.Detector is Detector and tipsomaly_lite.train_prompts is train_prompts
     for name in tipsomaly_lite.__all__:

@@ -1,7 +1,7 @@
 """The metrics against slow, obviously-correct references written here (and against scikit-learn).
 
 Every reference loops over thresholds / pairs / regions explicitly, shares no code with
-``tipsomaly_lite.metrics`` and is fed the same fp16-rounded values the accumulator sees.
+``tipsomaly_lite.eval.metrics`` and is fed the same fp16-rounded values the accumulator sees.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from tipsomaly_lite import metrics as M
-from tipsomaly_lite.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator
+from tipsomaly_lite.eval import metrics as M
+from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator
 
 TOL = 1e-9
 
@@ -99,7 +99,7 @@ def ref_aupro_standard(maps, masks, max_fpr=0.3, connectivity=8) -> float:
 
 
 def ref_aupro_compat(maps, masks, max_fpr=0.3, steps=200, connectivity=8) -> float:
-    """The ZSAD papers' loop (SPEC §2.5), on float32 maps."""
+    """The ZSAD papers' loop (docs/method.md §2.5), on float32 maps."""
     amaps, masks = half(maps).astype(np.float32), np.asarray(masks).astype(bool)
     regions = ref_regions(masks, connectivity)
     mn, mx = amaps.min(), amaps.max()

@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.prepare on fake native layouts (no real dataset, no network)."""
+"""Tests for tipsomaly_lite.data.prepare on fake native layouts (no real dataset, no network)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from tipsomaly_lite import native_fixtures as nf
-from tipsomaly_lite import prepare
-from tipsomaly_lite.datasets import DATASET_KEYS, AnomalyDataset, DatasetError, read_meta
-from tipsomaly_lite.download import DownloadError, sha256_file
+from helpers import native as nf
+from tipsomaly_lite.data import prepare
+from tipsomaly_lite.data.datasets import DATASET_KEYS, AnomalyDataset, DatasetError, read_meta
+from tipsomaly_lite.data.download import DownloadError, sha256_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -349,7 +349,7 @@ def test_download_from_a_real_http_server_end_to_end(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from tipsomaly_lite.download import sha256_file as digest
+    from tipsomaly_lite.data.download import sha256_file as digest
 
     served = tmp_path / "served"
     served.mkdir()

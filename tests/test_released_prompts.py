@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.released_prompts: safe loading and fetching, on files made here.
+"""Tests for tipsomaly_lite.data.released_prompts: safe loading and fetching, on files made here.
 
 The authors' real files are never read by these tests: ``torch.save`` of a ParameterList of two
 Parameters produces the same pickle structure, and a local HTTP server stands in for GitHub.
@@ -17,8 +17,8 @@ import zipfile
 import pytest
 import torch
 
-from tipsomaly_lite.download import DownloadError
-from tipsomaly_lite.released_prompts import (
+from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite.data.released_prompts import (
     PROMPT_FILE_NAME,
     RELEASED_PROMPTS,
     ReleasedPrompts,

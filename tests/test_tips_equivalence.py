@@ -11,8 +11,8 @@ import pytest
 import torch
 
 # transformers is a dev dependency (make test installs it): a missing reference must fail, not skip.
-from tipsomaly_lite.reference import random_reference, reference_config, write_reference_npz
-from tipsomaly_lite.tips import load_tips
+from helpers.reference import random_reference, reference_config, write_reference_npz
+from tipsomaly_lite.backbones.tips.model import load_tips
 
 TOL = 1e-5
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tipsomaly_lite import tips as tips_module
-from tipsomaly_lite.offline import MeaninglessResultsWarning, TINY_ARCH, random_tips_arrays, tiny_files
-from tipsomaly_lite.preprocess import preprocess
-from tipsomaly_lite.tips import load_tips
-from tipsomaly_lite.tips_text import Tokenizer, sinusoidal_positions
+from tipsomaly_lite.backbones.tips import registry as tips_module
+from tipsomaly_lite.offline import MeaninglessResultsWarning
+from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH, random_tips_arrays, tiny_files
+from tipsomaly_lite.backbones.preprocess import preprocess
+from tipsomaly_lite.backbones.tips.model import load_tips
+from tipsomaly_lite.backbones.tips.text import Tokenizer, sinusoidal_positions
 
 
 # --- tokenizer ----------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_offline_env_forces_tiny(monkeypatch):
 
 def test_missing_weights_without_download(monkeypatch):
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
-    with pytest.raises(FileNotFoundError, match="fetch_tips.py l14-hr"):
+    with pytest.raises(FileNotFoundError, match="tipsomaly fetch l14-hr"):
         load_tips("l14-hr", download=False)
     with pytest.warns(MeaninglessResultsWarning):
         assert load_tips("l14-hr", download=False, fallback_to_tiny=True).is_offline
@@ -174,7 +175,7 @@ def bucket(tmp_path):
     root = tmp_path / "bucket"
     variant = tips_module.VARIANTS["b14-hr"]
     v, t = random_tips_arrays(TINY_ARCH, seed=7)
-    from tipsomaly_lite.checkpoints import write_npz
+    from tipsomaly_lite.backbones.tips.checkpoints import write_npz
 
     write_npz(root / variant.files["vision"], v)
     write_npz(root / variant.files["text"], t)
@@ -202,7 +203,7 @@ def test_variant_is_downloaded_into_the_cache_and_loaded(bucket, monkeypatch, tm
 
 
 def test_unreachable_bucket_gives_a_clear_error(monkeypatch, tmp_path):
-    from tipsomaly_lite.download import DownloadError
+    from tipsomaly_lite.data.download import DownloadError
 
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
     monkeypatch.setattr(tips_module, "BUCKET", "http://127.0.0.1:9/")
@@ -219,7 +220,7 @@ def test_cutting_trailing_padding_is_exact(tiny):
 def test_hub_route_offline_gives_a_clear_error(monkeypatch):
     import huggingface_hub.constants
 
-    from tipsomaly_lite.download import DownloadError
+    from tipsomaly_lite.data.download import DownloadError
 
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries

@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.toy_data: deterministic, readable, masks exactly on the defects."""
+"""Tests for tipsomaly_lite.data.toy_data: deterministic, readable, masks exactly on the defects."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tipsomaly_lite import toy_data
-from tipsomaly_lite.datasets import AnomalyDataset, read_meta
+from tipsomaly_lite.data import toy_data
+from tipsomaly_lite.data.datasets import AnomalyDataset, read_meta
 
 
 def _tree_hashes(root: pathlib.Path) -> dict[str, str]:

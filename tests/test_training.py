@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-from tipsomaly_lite.datasets import AnomalyDataset
-from tipsomaly_lite.feature_cache import FeatureCache, encode_batch
-from tipsomaly_lite.prompt_learner import PromptLearner
-from tipsomaly_lite.toy_data import make_toy_dataset
-from tipsomaly_lite.training import (TrainConfig, latest_checkpoint, load_trained_prompts, train_prompts,
+from tipsomaly_lite.data.datasets import AnomalyDataset
+from tipsomaly_lite.method.feature_cache import FeatureCache
+from tipsomaly_lite.method.prompt_learner import PromptLearner
+from tipsomaly_lite.data.toy_data import make_toy_dataset
+from tipsomaly_lite.method.training import (TrainConfig, latest_checkpoint, load_trained_prompts, train_prompts,
                                      training_loss)
 
 SIZE = 112  # 8 x 8 patches: fast, and a real upsampling in the loss
@@ -40,7 +40,7 @@ def test_one_step_with_the_cache_equals_one_step_without(tiny, toy):
     assert masks.sum() > 0
     learner = PromptLearner(tiny, generator=torch.Generator().manual_seed(111))
     grid = tiny.patch_grid(SIZE)
-    direct = _step(learner, encode_batch(tiny, images)["patch_tokens"], masks, tiny.temperature, grid)
+    direct = _step(learner, tiny.encode_features(images)["patch_tokens"], masks, tiny.temperature, grid)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
         cache = FeatureCache(tiny, SIZE, dtype=dtype, progress=False)
         batch = cache.get(toy, idx)
@@ -145,7 +145,7 @@ def test_disk_cache_in_the_run_folder(tiny, toy, tmp_path, monkeypatch):
     assert list((tmp_path / "d" / "feature_cache").glob("*/*/*.npz"))
     train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "m", progress=False)
     assert not (tmp_path / "m" / "feature_cache").exists()  # auto: small enough for memory
-    import tipsomaly_lite.training as training
+    import tipsomaly_lite.method.training as training
 
     monkeypatch.setattr(training, "MEMORY_CACHE_LIMIT", 1000)
     train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "a", progress=False)
@@ -155,7 +155,7 @@ def test_disk_cache_in_the_run_folder(tiny, toy, tmp_path, monkeypatch):
 def test_backward_step_equals_the_plain_loss_backward(tiny, toy):
     import torch.nn.functional as F
 
-    from tipsomaly_lite.training import backward_step, bilinear_matrix
+    from tipsomaly_lite.method.training import backward_step, bilinear_matrix
 
     x = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(bilinear_matrix(8, 112) @ x @ bilinear_matrix(6, 84).T,

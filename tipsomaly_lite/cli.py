@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tipsomaly_lite import __version__
-from tipsomaly_lite.atomic import atomic_file
-from tipsomaly_lite.download import DownloadError
+from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.data.download import DownloadError
 
 #: The paper's input side (37 x 37 patches).
 IMAGE_SIZE = 518
@@ -33,7 +33,7 @@ _USER_ERRORS = (FileNotFoundError, ValueError, KeyError, DownloadError)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tipsomaly_lite.demo import run_demo
+    from tipsomaly_lite.course.demo import run_demo
 
     result = run_demo(args.out, variant=args.variant, size=args.size)
     print(f"wrote {result.figure}")
@@ -45,7 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from tipsomaly_lite.tips import fetch_variant
+    from tipsomaly_lite.backbones.tips.registry import fetch_variant
 
     for role, path in fetch_variant(args.variant).items():
         print(f"{role:9s} {path}")
@@ -54,9 +54,9 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _load_model(args: argparse.Namespace):
     from tipsomaly_lite.offline import MEANINGLESS
-    from tipsomaly_lite.tips import load_tips
+    from tipsomaly_lite.backbones import load_backbone
 
-    model = load_tips(args.variant, image_size=args.image_size or IMAGE_SIZE, device=args.device)
+    model = load_backbone(args.variant, image_size=args.image_size or IMAGE_SIZE, device=args.device)
     print(repr(model))
     if model.is_offline:
         print(MEANINGLESS)
@@ -75,15 +75,15 @@ def _dataset_root(data_root: str, key: str) -> Path:
 
 
 def _open_dataset(args: argparse.Namespace, root: Path, model):
-    from tipsomaly_lite.datasets import AnomalyDataset
+    from tipsomaly_lite.data.datasets import AnomalyDataset
 
     return AnomalyDataset(root, image_size=model.image_size, classes=args.classes, key=args.dataset)
 
 
 def _prompts(args: argparse.Namespace) -> tuple[Any, str]:
     """Learned prompts from --prompts (run folder, .safetensors or .pth) or --released, else None."""
-    from tipsomaly_lite.released_prompts import load_prompt_file, load_released_prompts
-    from tipsomaly_lite.training import load_trained_prompts
+    from tipsomaly_lite.data.released_prompts import load_prompt_file, load_released_prompts
+    from tipsomaly_lite.method.training import load_trained_prompts
 
     if args.prompts and args.released:
         raise ValueError("give --prompts or --released, not both")
@@ -103,7 +103,7 @@ def _prompts(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tipsomaly_lite.training import TrainConfig, train_prompts
+    from tipsomaly_lite.method.training import TrainConfig, train_prompts
 
     root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
     model = _load_model(args)
@@ -120,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
     if result.history:
         from matplotlib import pyplot as plt
 
-        from tipsomaly_lite.viz import plot_loss_curve
+        from tipsomaly_lite.course.viz import plot_loss_curve
 
         title = f"{model.variant} on {args.dataset}" + (" (MEANINGLESS: offline)" if model.is_offline else "")
         ax = plot_loss_curve(result.history, title=title)
@@ -147,7 +147,7 @@ def _prompt_set(args: argparse.Namespace) -> str:
 
 
 def _detector(args: argparse.Namespace, model, prompts: Any, source: str):
-    from tipsomaly_lite.detector import Detector
+    from tipsomaly_lite.method.detector import Detector
 
     return Detector(model, prompts, prompt_set=_prompt_set(args), mode=args.mode, token=args.token,
                     sigma=args.sigma, prompts_source=source)
@@ -162,7 +162,7 @@ def _prompts_provenance(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tipsomaly_lite.evaluation import evaluate
+    from tipsomaly_lite.eval.evaluation import evaluate
 
     root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
     prompts, source = _prompts(args)
@@ -182,11 +182,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
-    from tipsomaly_lite.datasets import DATASET_KEYS, AnomalyDataset
-    from tipsomaly_lite.detector import Detector
-    from tipsomaly_lite.evaluation import benchmark_table, evaluate, prompts_trained_on
-    from tipsomaly_lite.released_prompts import load_released_prompts
-    from tipsomaly_lite.training import load_trained_prompts
+    from tipsomaly_lite.data.datasets import DATASET_KEYS, AnomalyDataset
+    from tipsomaly_lite.method.detector import Detector
+    from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
+    from tipsomaly_lite.data.released_prompts import load_released_prompts
+    from tipsomaly_lite.method.training import load_trained_prompts
 
     root = Path(args.data_root)
     keys = args.datasets or [k for k in DATASET_KEYS if (root / k / "meta.json").is_file()]
@@ -227,7 +227,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _image_files(specs: list[str]) -> list[Path]:
-    from tipsomaly_lite.datasets import is_image_file
+    from tipsomaly_lite.data.datasets import is_image_file
 
     files: list[Path] = []
     for spec in specs:
@@ -246,8 +246,9 @@ def _image_files(specs: list[str]) -> list[Path]:
 def _predict(args: argparse.Namespace) -> int:
     from matplotlib import pyplot as plt
 
-    from tipsomaly_lite.preprocess import to_float_rgb
-    from tipsomaly_lite.viz import overlay_anomaly_map, upsample_map
+    from tipsomaly_lite.backbones.preprocess import to_float_rgb
+    from tipsomaly_lite.course.viz import overlay_anomaly_map
+    from tipsomaly_lite.method.maps import upsample_map
 
     files = _image_files(args.images)
     prompts, source = _prompts(args)
@@ -315,7 +316,7 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
                    help="the authors' released prompts trained on this dataset (downloaded once)")
     p.add_argument("--mode", default=None, choices=["decoupled", "coupled", "training_free"],
                    help="default: decoupled with prompts, training_free without")
-    p.add_argument("--token", default="cls1", choices=["cls1", "cls2"], help="global token (default: cls1)")
+    p.add_argument("--token", default=None, help="global token of the backbone (TIPS: cls1, the default, or cls2)")
     p.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the maps, px (default: 4)")
 
 
@@ -382,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--visa-prompts", default=None,
                        help="run folder of prompts trained on VisA (evaluate MVTec AD); default: released")
     bench.add_argument("--training-free", action="store_true", help="fixed prompts only, no learned ones")
-    bench.add_argument("--token", default="cls1", choices=["cls1", "cls2"], help="global token (default: cls1)")
+    bench.add_argument("--token", default=None, help="global token of the backbone (TIPS: cls1, the default, or cls2)")
     bench.add_argument("--sigma", type=float, default=4.0, help="Gaussian smoothing of the maps, px (default: 4)")
     bench.add_argument("--aupro-mode", default="compat", choices=["standard", "compat"],
                        help="compat (default here: the paper's recipe) or standard")

@@ -1,0 +1,353 @@
+"""The :class:`TIPS` model (a :class:`~tipsomaly_lite.backbones.base.Backbone`) and its one entry point :func:`load_tips`.
+
+    model = load_tips("l14-hr")                       # official npz, downloaded once into the cache
+    model = load_tips(vision="v.npz", text="t.npz", tokenizer="tokenizer.model")
+    model = load_tips("hf:google/tipsv2-b14")         # HuggingFace hub safetensors
+    model = load_tips("tiny")                         # offline: random weights, meaningless outputs
+
+Taught in notebooks/01_loading_tips.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tipsomaly_lite import offline
+from tipsomaly_lite.backbones.base import l2_normalize
+from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
+                                        hf_to_npz_names, npz_shapes, read_npz, validate_pair)
+from tipsomaly_lite.backbones.preprocess import ImageLike, check_size, preprocess
+from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer
+from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant
+from tipsomaly_lite.backbones.tips.text import trim_padding
+from tipsomaly_lite.backbones.tips.vision import VisionTower
+
+__all__ = ["TIPS", "load_tips", "load_tips_files"]
+
+
+class TIPS(nn.Module):
+    """A loaded TIPS model: vision tower, text tower, tokenizer and temperature.
+
+    Attributes:
+        vision: :class:`~tipsomaly_lite.backbones.tips.vision.VisionTower`.
+        text: :class:`~tipsomaly_lite.backbones.tips.text.TextTower`.
+        tokenizer: :class:`~tipsomaly_lite.backbones.tips.text.Tokenizer`.
+        temperature: softmax temperature; logits are ``cos / temperature`` (divided, not exponentiated).
+        variant: registry name (``"l14-hr"``) or ``"custom"``.
+        source: where the weights came from (paths or hub id).
+        image_size: default input side for :meth:`preprocess` (a multiple of 14).
+        is_offline: True for the tiny random model, whose outputs are meaningless.
+    Implements :class:`~tipsomaly_lite.backbones.base.Backbone`: the method uses only that seam;
+    :meth:`encode_image` (the two CLS tokens and the patches, TIPS's own vocabulary) is for teaching.
+
+    Taught in notebooks/01_loading_tips.ipynb.
+    """
+
+    family = "tips"
+    patch_size = PATCH_SIZE
+    image_mean = None  # TIPS takes RGB in [0, 1] as it is
+    image_std = None
+    #: The first CLS (alt-text trained, TIPS's retrieval token) and the second (synthetic captions).
+    global_tokens = ("cls1", "cls2")
+    #: Which one the paper's table uses is unverified; the retrieval token is the default.
+    default_global_token = "cls1"
+
+    def __init__(self, arch: Architecture, tokenizer: Tokenizer, temperature: float, *, variant: str = "custom",
+                 source: str = "random init", image_size: int | None = None, is_offline: bool = False) -> None:
+        super().__init__()
+        self.arch = arch
+        self.vision = VisionTower(arch)
+        self.text = TextTower(arch)
+        self.tokenizer = tokenizer
+        self.temperature = float(temperature)
+        self.variant = variant
+        self.source = source
+        self.image_size = check_size(image_size or arch.native_size, "image_size")
+        self.is_offline = is_offline
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision.pos_embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision.pos_embed.dtype
+
+    @property
+    def width(self) -> int:
+        """Width of the vision tokens."""
+        return self.arch.width
+
+    @property
+    def text_width(self) -> int:
+        """Width of the text features and of one learnable prompt vector."""
+        return self.arch.text_width
+
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of the architecture, temperature and *every* weight tensor.
+
+        Computed once and remembered until any weight is changed in place (tensor versions are checked).
+        """
+        tensors = list(self.state_dict().items())
+        versions = tuple(t._version for _, t in tensors)
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        h = hashlib.sha256(f"{self.family}|{self.arch}|{self.temperature!r}".encode())
+        for name, t in tensors:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest = h.hexdigest()[:16]
+        self.__dict__["_fingerprint"] = (versions, digest)
+        return digest
+
+    def patch_grid(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`).
+
+        Taught in notebooks/01_loading_tips.ipynb.
+        """
+        size = size or self.image_size
+        h, w = (size, size) if isinstance(size, int) else size
+        check_size(h, "height")
+        check_size(w, "width")
+        return h // PATCH_SIZE, w // PATCH_SIZE
+
+    def preprocess(self, images: ImageLike | Iterable[ImageLike], size: int | None = None) -> Tensor:
+        """Images of any mode -> ``(B, 3, S, S)`` RGB in [0,1] at ``size`` (default :attr:`image_size`)."""
+        return preprocess(images, size or self.image_size)
+
+    def encode_image(self, images: Tensor, normalize: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Global and local image features.
+
+        Args:
+            images: ``(B, 3, H, W)`` RGB in [0, 1], H and W multiples of 14.
+            normalize: L2-normalise the outputs (``x / max(||x||, 1e-3)``); raw by default.
+        Returns:
+            ``cls1 (B, D)`` (first CLS, alt-text trained, used for retrieval),
+            ``cls2 (B, D)`` (second CLS, synthetic-caption trained),
+            ``patch_tokens (B, N, D)`` with ``N = (H/14)(W/14)`` in row-major order.
+        Taught in notebooks/01_loading_tips.ipynb.
+        """
+        seq = self.vision(images.to(self.device, self.vision.pos_embed.dtype))
+        cls1, cls2, patches = seq[:, 0], seq[:, 1], seq[:, 2:]
+        if normalize:
+            cls1, cls2, patches = l2_normalize(cls1), l2_normalize(cls2), l2_normalize(patches)
+        return cls1, cls2, patches
+
+    @torch.no_grad()
+    def encode_features(self, images: Tensor) -> dict[str, Tensor]:
+        """The seam's image features: ``patch_tokens (B, N, D)``, ``cls1 (B, D)``, ``cls2 (B, D)``,
+        all L2-normalised float32.
+
+        Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+        """
+        cls1, cls2, patches = self.encode_image(images)
+        return {"patch_tokens": l2_normalize(patches.float()), "cls1": l2_normalize(cls1.float()),
+                "cls2": l2_normalize(cls2.float())}
+
+    def prompted_text_inputs(self, sentences: list[str], n_prompt_tokens: int) -> dict[str, Tensor]:
+        """Token embeddings ``(S, L, D)`` (times sqrt(D)) and padding ``(S, n + L)`` for prompted sentences.
+
+        The n prompt vectors go *before* the scaled token embeddings and count as real tokens;
+        the sequence is then cut back to the tokenizer's 64, which keeps the first ``64 - n``
+        text positions (docs/method.md, Eq. 4).
+        """
+        max_len = self.tokenizer.max_len
+        if not 1 <= n_prompt_tokens < max_len:
+            raise ValueError(f"n_tokens={n_prompt_tokens} leaves no room for text in a {max_len}-token sequence")
+        ids, padding = self.tokenizer(sentences)
+        ids, padding = trim_padding(ids[:, :max_len - n_prompt_tokens], padding[:, :max_len - n_prompt_tokens])
+        with torch.no_grad():
+            embeddings = self.text.embed_tokens(ids.to(self.device))
+        prompt_padding = torch.zeros(len(ids), n_prompt_tokens, dtype=torch.bool)
+        return {"token_embeddings": embeddings, "padding": torch.cat([prompt_padding, padding], 1).to(self.device)}
+
+    def encode_prompted_text(self, prompts: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """``prompts (S, n, D)`` prepended to each sentence's embeddings -> raw features ``(S, D)``."""
+        embeddings = inputs["token_embeddings"]
+        x = torch.cat([prompts.to(embeddings.dtype), embeddings], dim=1)
+        return self.text.encode_embeddings(x, inputs["padding"])
+
+    def encode_text(self, texts: list[str] | str, normalize: bool = False, batch_size: int = 256) -> Tensor:
+        """Sentence features ``(T, D)`` (raw unless ``normalize``), ``T = len(texts)``.
+
+        Taught in notebooks/01_loading_tips.ipynb.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        outs = []
+        for start in range(0, len(texts), batch_size):
+            ids, padding = self.tokenizer(texts[start:start + batch_size])
+            outs.append(self.text(ids.to(self.device), padding.to(self.device)))
+        feats = torch.cat(outs)
+        return l2_normalize(feats) if normalize else feats
+
+    def zero_shot_probabilities(self, images: Tensor, texts: list[str], token: str = "cls1") -> Tensor:
+        """``softmax(normalize(img) @ normalize(txt).T / temperature)`` -> ``(B, T)``.
+
+        Args:
+            images: ``(B, 3, H, W)`` in [0, 1].
+            texts: ``T`` sentences.
+            token: ``"cls1"`` (TIPS's retrieval token) or ``"cls2"``.
+        Taught in notebooks/01_loading_tips.ipynb.
+        """
+        if token not in self.global_tokens:
+            raise ValueError(f"token must be one of {self.global_tokens}, got {token!r}")
+        cls1, cls2, _ = self.encode_image(images, normalize=True)
+        img = cls1 if token == "cls1" else cls2
+        return F.softmax(img @ self.encode_text(texts, normalize=True).T / self.temperature, dim=-1)
+
+    def __repr__(self) -> str:
+        a = self.arch
+        grid = self.patch_grid()
+        lines = [
+            f"TIPS(variant={self.variant!r}, family={a.family}, width={a.width}, depth={a.depth}, "
+            f"heads={a.heads}, mlp={'SwiGLU' if a.swiglu else 'GELU'} {a.mlp_hidden},",
+            f"     text_depth={a.text_depth}, image_size={self.image_size}, patch_grid={grid[0]}x{grid[1]} "
+            f"(trained at {a.grid}x{a.grid}), temperature={self.temperature:.5g},",
+            f"     source={self.source})",
+        ]
+        if self.is_offline:
+            lines.append("     !! TINY RANDOM WEIGHTS: outputs are meaningless (offline mode) !!")
+        return "\n".join(lines)
+
+
+def _build(vision_arrays: dict, text_arrays: dict, tokenizer: Tokenizer, *, num_heads: int | None,
+           vision_name: str, text_name: str, **kwargs) -> TIPS:
+    text_arrays = canonical_text_names(text_arrays)
+    arch = validate_pair({k: v.shape for k, v in vision_arrays.items()},
+                         {k: v.shape for k, v in text_arrays.items()},
+                         num_heads=num_heads, vision_name=vision_name, text_name=text_name)
+    if tokenizer.vocab_size > arch.vocab:
+        raise CheckpointError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but {text_name} "
+                              f"embeds only {arch.vocab} tokens; they do not belong together")
+    temperature = float(np.asarray(text_arrays.pop("temperature")).reshape(()))
+    # Build on the meta device and adopt the loaded tensors: no second copy of the weights.
+    with torch.device("meta"):
+        model = TIPS(arch, tokenizer, temperature, **kwargs)
+    model.vision.load_state_dict({k: torch.from_numpy(v) for k, v in vision_arrays.items()}, strict=True,
+                                 assign=True)
+    model.text.load_state_dict({k: torch.from_numpy(v) for k, v in text_arrays.items()}, strict=True,
+                               assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_tips_files(vision: str | os.PathLike, text: str | os.PathLike, tokenizer: str | os.PathLike, *,
+                    num_heads: int | None = None, variant: str = "custom", image_size: int | None = None,
+                    is_offline: bool = False, device: str | torch.device = "cpu") -> TIPS:
+    """Load an official-layout npz pair + SentencePiece tokenizer. See :func:`load_tips`."""
+    vision, text = Path(vision), Path(text)
+    tok = Tokenizer(tokenizer)
+    # Check the layout from the headers before reading gigabytes of data.
+    validate_pair(npz_shapes(vision), npz_shapes(text), num_heads=num_heads,
+                  vision_name=str(vision), text_name=str(text))
+    model = _build(read_npz(vision), read_npz(text), tok, num_heads=num_heads, vision_name=str(vision),
+                   text_name=str(text), variant=variant, source=f"{vision} + {text.name}",
+                   image_size=image_size, is_offline=is_offline)
+    return model.to(device)
+
+
+def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device, download: bool) -> TIPS:
+    """``hf:<repo id or local folder>``: a transformers-layout ``model.safetensors`` (+ config.json)."""
+    from safetensors.torch import load_file
+
+    target = spec[3:]
+    folder = Path(target)
+    if folder.is_dir():
+        weights, config, tok = folder / "model.safetensors", folder / "config.json", folder / "tokenizer.model"
+    else:
+        if not download:
+            raise FileNotFoundError(f"{spec}: not a local folder and download=False")
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+
+        from tipsomaly_lite.data.download import DownloadError, cache_dir
+
+        hub_cache = cache_dir() / "hf"
+        try:
+            weights = Path(hf_hub_download(target, "model.safetensors", cache_dir=hub_cache))
+            config = Path(hf_hub_download(target, "config.json", cache_dir=hub_cache))
+        except Exception as exc:  # the hub client raises many kinds; all mean "not fetched"
+            raise DownloadError(
+                f"could not fetch {target} from the HuggingFace hub ({type(exc).__name__}: {exc}). Offline? "
+                f"Use the npz route instead, e.g. load_tips('v2-b14'), or pass hf:/path/to/local/folder") from exc
+        try:
+            tok = Path(hf_hub_download(target, "tokenizer.model", cache_dir=hub_cache))
+        except EntryNotFoundError:
+            tok = fetch_variant("v2-b14")["tokenizer"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{spec}: no model.safetensors in {weights.parent}")
+    if not tok.is_file():
+        raise FileNotFoundError(f"{spec}: no tokenizer.model in {tok.parent} (the TIPS SentencePiece model)")
+    if num_heads is None and config.is_file():
+        num_heads = json.loads(config.read_text()).get("vision_config", {}).get("num_attention_heads")
+    # Through torch, not numpy: hub files may hold bf16, which numpy cannot represent.
+    state = {k: v.float().numpy() for k, v in load_file(str(weights)).items()}
+    vision_arrays, text_arrays = hf_to_npz_names(state)
+    model = _build(vision_arrays, text_arrays, Tokenizer(tok), num_heads=num_heads, vision_name=str(weights),
+                   text_name=str(weights), variant=spec, source=str(weights), image_size=image_size)
+    return model.to(device)
+
+
+def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = None,
+              text: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
+              num_heads: int | None = None, image_size: int | None = None, download: bool = True,
+              fallback_to_tiny: bool = False, device: str | torch.device = "cpu") -> TIPS:
+    """Load a TIPS model, frozen and in eval mode.
+
+    Args:
+        name: a registry variant (``"l14-hr"``, ``"v2-b14"``... see :data:`VARIANTS`), ``"tiny"``
+            (offline, random), or ``"hf:<repo or folder>"``. Ignored when ``vision``/``text`` are given.
+        vision, text, tokenizer: explicit file paths (official npz layout + SentencePiece model).
+        num_heads: needed only for widths outside the public table.
+        image_size: default input side for ``model.preprocess`` (multiple of 14); the variant's
+            native size (448) when omitted. Any multiple of 14 works at call time.
+        download: fetch missing registry files into the cache (``TIPSOMALY_HOME``).
+        fallback_to_tiny: when the files are not cached and cannot be fetched, load the tiny
+            offline model (with its warning) instead of raising.
+        device: where the model lives.
+
+    ``TIPSOMALY_OFFLINE=1`` turns any registry name or hub id into ``"tiny"`` (explicit files and
+    local ``hf:`` folders still load as asked).
+
+    Taught in notebooks/01_loading_tips.ipynb.
+    """
+    if vision is not None or text is not None:
+        if vision is None or text is None or tokenizer is None:
+            raise ValueError("load_tips: pass all of vision=, text= and tokenizer= (or a variant name)")
+        return load_tips_files(vision, text, tokenizer, num_heads=num_heads, image_size=image_size,
+                               device=device)
+    name = name or DEFAULT_VARIANT
+    is_local = name.startswith("hf:") and Path(name[3:]).is_dir()
+    if name not in VARIANTS and name != "tiny" and not name.startswith("hf:"):
+        raise KeyError(f"unknown TIPS variant {name!r}; expected one of {sorted(VARIANTS)}, 'tiny' or 'hf:<repo>'")
+    if name != "tiny" and not is_local and offline.offline_forced():
+        name = "tiny"  # only what would need the network is replaced; local files still load
+    if name == "tiny":
+        offline.warn_meaningless()
+        from tipsomaly_lite.backbones.tips.tiny import tiny_files
+
+        v, t, tok = tiny_files()
+        return load_tips_files(v, t, tok, variant="tiny", image_size=image_size, is_offline=True, device=device)
+    if name.startswith("hf:"):
+        return _load_hf(name, num_heads=num_heads, image_size=image_size, device=device, download=download)
+    from tipsomaly_lite.data.download import DownloadError
+
+    try:
+        files = fetch_variant(name, download=download)
+    except (FileNotFoundError, DownloadError):
+        if not fallback_to_tiny:
+            raise
+        return load_tips("tiny", image_size=image_size, device=device)
+    return load_tips_files(files["vision"], files["text"], files["tokenizer"], num_heads=num_heads,
+                           variant=name, image_size=image_size, device=device)

@@ -1,0 +1,163 @@
+"""The TIPS vision tower: a DINOv2-style ViT/14 with one register token used as a second CLS.
+
+Parameter names equal the official npz names (``blocks.3.attn.qkv.weight`` ...), so a
+checkpoint loads with a plain, strict ``load_state_dict``.
+
+Taught in notebooks/01_loading_tips.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tipsomaly_lite.backbones.tips.checkpoints import PATCH_SIZE, Architecture
+
+VISION_LN_EPS = 1e-6
+
+
+class PatchEmbed(nn.Module):
+    """``Conv2d(3, D, 14, stride 14)``: image ``(B,3,H,W)`` -> tokens ``(B, N, D)``, row-major."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, PATCH_SIZE, stride=PATCH_SIZE)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a packed qkv projection (q, k, v consecutive row blocks)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        # (B, N, 3D) -> (3, B, heads, N, head_dim): heads are contiguous inside each q/k/v block.
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """``fc2(gelu(fc1(x)))`` with the exact (erf) GELU."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """g/14's MLP: ``w12`` output split in halves ``x1, x2``; ``w3(silu(x1) * x2)``."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(width, 2 * hidden)
+        self.w3 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale ``gamma`` on a residual branch."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm block: ``x += ls1 * attn(norm1(x))``; ``x += ls2 * mlp(norm2(x))``."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        d = arch.width
+        self.norm1 = nn.LayerNorm(d, eps=VISION_LN_EPS)
+        self.attn = Attention(d, arch.heads)
+        self.ls1 = LayerScale(d)
+        self.norm2 = nn.LayerNorm(d, eps=VISION_LN_EPS)
+        self.mlp = SwiGLU(d, arch.mlp_hidden) if arch.swiglu else Mlp(d, arch.mlp_hidden)
+        self.ls2 = LayerScale(d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def resize_pos_embed(pos_embed: Tensor, grid_hw: tuple[int, int]) -> Tensor:
+    """Resize the patch part of ``pos_embed`` ``(1, 1+G*G, D)`` to a ``gh x gw`` grid.
+
+    Bilinear with antialias, to the exact target grid (no scale-factor offset), in fp32; the
+    CLS entry is kept as it is. Returns ``(1, 1+gh*gw, D)`` in the input dtype.
+
+    448 -> 518 px is a 32 -> 37 grid, as in the Tipsomaly paper.
+
+    Taught in notebooks/01_loading_tips.ipynb.
+    """
+    n = pos_embed.shape[1] - 1
+    g = math.isqrt(int(n))
+    if (g, g) == tuple(grid_hw):
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    d = pos_embed.shape[-1]
+    grid = patch_pos.reshape(1, g, g, d).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(grid_hw), mode="bilinear", align_corners=False, antialias=True)
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(1, -1, d).to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+class VisionTower(nn.Module):
+    """TIPS image encoder.
+
+    ``forward(images (B,3,H,W) in [0,1])`` returns the normed sequence ``(B, 2+N, D)``:
+    ``[cls1, cls2, patch_0 ... patch_{N-1}]`` with ``N = (H/14)(W/14)`` in row-major order.
+    No mean/std normalisation and no projection head.
+
+    Taught in notebooks/01_loading_tips.ipynb.
+    """
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        d = arch.width
+        self.arch = arch
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.register_tokens = nn.Parameter(torch.zeros(1, 1, d))
+        self.mask_token = nn.Parameter(torch.zeros(1, d))  # pre-training only; kept for the layout
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + arch.grid * arch.grid, d))
+        self.patch_embed = PatchEmbed(d)
+        self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.depth))
+        self.norm = nn.LayerNorm(d, eps=VISION_LN_EPS)
+
+    def forward(self, images: Tensor) -> Tensor:
+        b, c, h, w = images.shape
+        if c != 3:
+            raise ValueError(f"images: expected 3 channels (B,3,H,W), got shape {tuple(images.shape)}")
+        if h % PATCH_SIZE or w % PATCH_SIZE:
+            raise ValueError(
+                f"images: height and width must be multiples of {PATCH_SIZE}, got {h}x{w} "
+                f"(e.g. 448 native, 518 in the Tipsomaly paper)")
+        x = self.patch_embed(images)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
+        x = x + resize_pos_embed(self.pos_embed, (h // PATCH_SIZE, w // PATCH_SIZE))
+        # The register token joins after the position embeddings, so it never gets one.
+        x = torch.cat([x[:, :1], self.register_tokens.expand(b, -1, -1), x[:, 1:]], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)

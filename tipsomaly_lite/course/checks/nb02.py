@@ -1,0 +1,77 @@
+"""Self-checks for the exercises of notebooks/02_spatial_alignment.ipynb."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from tipsomaly_lite.course.checks.core import check_function, report
+
+__all__: list[str] = ["patch_similarity_map", "delta_for_probability"]
+
+#: A non-square input (6 x 9 patches), so a grid laid out as (gw, gh) or column-major fails.
+_CHECK_SIZE = (84, 126)
+
+
+@torch.no_grad()
+def patch_similarity_map(fn: Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], Any], model: Any) -> bool:
+    """Exercise 1 of notebook 02: cosine maps from raw patch tokens and raw text features.
+
+    Runs ``fn(patch_tokens (B, N, D), text_features (T, D), (gh, gw))`` on the raw features the
+    model gives for two seeded random non-square images and three sentences, and compares the
+    result with :func:`tipsomaly_lite.method.maps.similarity_maps` on the same images and sentences.
+
+    Args:
+        fn: the student's function, returning ``(B, T, gh, gw)``.
+        model: the loaded TIPS (the notebook's ``model``).
+    Returns:
+        True when it matches (✅), else False (❌, raised in CI).
+    """
+    from tipsomaly_lite.method.maps import similarity_maps
+
+    images = torch.rand(2, 3, *_CHECK_SIZE, generator=torch.Generator().manual_seed(2)).to(model.device)
+    texts = ["a photo of a flawless object.", "a photo of a damaged object.", "a scratch"]
+    _, _, patches = model.encode_image(images)
+    text = model.encode_text(texts)
+    grid = model.patch_grid(_CHECK_SIZE)
+    return check_function("patch_similarity_map: (B, T, gh, gw) cosines on the patch grid", fn,
+                          lambda *_: similarity_maps(model, images, texts), [(patches, text, grid)],
+                          atol=1e-4, hint="normalise both sides; patch i sits at row i // gw, column i % gw")
+
+
+def delta_for_probability(fn: Callable[[float, float], Any]) -> bool:
+    """Exercise 2 of notebook 02: the cosine difference that gives ``P(anomalous) = p``.
+
+    For several ``(p, temperature)``, builds a token ``z`` and text features ``(t_n, t_a)`` with
+    ``cos(z, t_a) - cos(z, t_n)`` equal to the student's answer, and checks that
+    :func:`tipsomaly_lite.method.scoring.two_way_probabilities` gives back ``p``.
+
+    Args:
+        fn: the student's ``fn(p, temperature) -> delta``.
+    Returns:
+        True when every case gives back its ``p`` (✅), else False (❌, raised in CI).
+    """
+    from tipsomaly_lite.method.scoring import two_way_probabilities
+
+    name = "delta_for_probability: the cosine difference for P(anomalous) = p"
+    hint = "p = sigmoid(Δ / T); invert the sigmoid (the logit), then undo the division by T"
+    for p, temperature in [(0.9, 0.005), (0.5, 0.005), (0.2, 0.01), (0.99, 0.005)]:
+        try:
+            answer = fn(p, temperature)
+            if answer is None:
+                return report(name, False, f"a number for p={p}, T={temperature}",
+                              "None (is the exercise still `...`?)", hint)
+            delta = float(answer)
+        except Exception as err:  # noqa: BLE001 - show the student's error, never swallow it
+            return report(name, False, f"a number for p={p}, T={temperature}", f"an exception: {err!r}", hint)
+        if not (math.isfinite(delta) and abs(delta) < 1):
+            return report(name, False, f"a cosine difference in (-1, 1) for p={p}, T={temperature}", delta, hint)
+        z = torch.tensor([[[1.0, 0.0]]])                                                # (1, 1, 2)
+        text = torch.tensor([[0.0, 1.0], [delta, math.sqrt(1 - delta ** 2)]])           # cos 0 and cos delta
+        got = float(two_way_probabilities(z, text, temperature)[0, 0, 1])
+        if not math.isclose(got, p, abs_tol=1e-4):
+            return report(name, False, f"P(anomalous) = {p} at T = {temperature}",
+                          f"Δ = {delta:.5g} gives P(anomalous) = {got:.4f}", hint)
+    return report(name, True)

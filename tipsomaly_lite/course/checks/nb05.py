@@ -1,0 +1,91 @@
+"""Self-checks for the exercises of notebooks/05_local_to_global_fusion.ipynb."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from tipsomaly_lite.course.checks.core import check_function, random_inputs, report
+
+__all__: list[str] = ["fused_score", "per_class_auroc"]
+
+
+def fused_score(fn: Callable[[Tensor, Tensor, float, float], Tensor]) -> bool:
+    """Exercise: the final image score ``global_weight * p_global + local_weight * max_i p_anomalous(z_i)``.
+
+    ``fn(global_score (B,), patch_scores (B, N), global_weight, local_weight)`` is compared with
+    :func:`tipsomaly_lite.method.fusion.fuse_scores` for several weights (1 and 1 is the paper's).
+
+    Args:
+        fn: the student's function.
+    Returns:
+        True when it agrees with the package on every seeded input.
+    """
+    from tipsomaly_lite.method.fusion import fuse_scores
+
+    inputs = []
+    for seed, weights in ((0, (1.0, 1.0)), (1, (0.5, 2.0)), (2, (1.0, 0.0)), (3, (0.0, 1.0))):
+        g, patches = random_inputs(seed, (5,), (5, 37))
+        inputs.append((g.sigmoid(), patches.sigmoid(), *weights))
+    return check_function("the fused image score", fn, fuse_scores, inputs,
+                          hint="the local evidence is the MAX over the patches (dim=1), not their mean; "
+                               "each side is multiplied by its weight")
+
+
+def _demo_rows() -> list[dict[str, Any]]:
+    """Score rows of two classes whose scores live on different scales.
+
+    Within each class every score separates the labels partly; pooled over the classes the
+    ranking changes, so a pooled AUROC differs from the mean of the per-class AUROCs.
+    """
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for cls, offset, share in (("bottle", 0.0, 2), ("screw", 0.5, 1)):
+        for i in range(12):
+            label = int(i % 3 < share)  # 2/3 anomalous in one class, 1/3 in the other
+            noise = torch.rand(5, generator=g).tolist()
+            scores = [offset + 0.3 * noise[k] + 0.2 * label for k in range(5)]
+            rows.append({"path": f"{cls}/{i:03d}.png", "class_name": cls, "label": label,
+                         "image_score": scores[0], "global_score": scores[1], "local_score": scores[2],
+                         "global_cls1": scores[1], "global_cls2": scores[3]})
+    return rows
+
+
+def per_class_auroc(fn: Callable[[list[dict[str, Any]], str], float], result: Any = None) -> bool:
+    """Exercise: the ablation's image AUROC of one score kind, per class then averaged, x100.
+
+    ``fn(rows, kind)`` gets the per-image rows of an
+    :class:`~tipsomaly_lite.eval.evaluation.EvaluationResult` (``result.scores``: ``class_name``,
+    ``label`` and one column per score kind) and a kind (``"image_score"``, ``"global_score"``,
+    ``"local_score"``); it must return what
+    :meth:`~tipsomaly_lite.eval.evaluation.EvaluationResult.image_metrics_by_score` reports as
+    ``image_auroc``. Checked on built-in rows whose classes have different score scales (a pooled
+    AUROC over all images fails there), and on ``result`` too when given.
+
+    Args:
+        fn: the student's function.
+        result: an evaluation result of the notebook (optional).
+    Returns:
+        True when every kind agrees.
+    """
+    from tipsomaly_lite.eval.evaluation import EvaluationResult
+
+    demo_rows = _demo_rows()
+    demo = EvaluationResult("demo", {c: {} for c in ("bottle", "screw")}, {}, {}, demo_rows)
+    cases = [("built-in rows", demo)] + ([("your evaluation", result)] if result is not None else [])
+    for where, res in cases:
+        expected = res.image_metrics_by_score()
+        for kind in ("image_score", "global_score", "local_score"):
+            want = expected[kind]["image_auroc"]
+            try:
+                got = fn(list(res.scores), kind)
+            except Exception as err:  # noqa: BLE001 - show the student's error
+                return report("per-class image AUROC", False, want, f"an exception ({type(err).__name__}: {err})")
+            ok = got is not None and isinstance(got, (int, float)) and abs(float(got) - want) < 1e-6
+            if not ok:
+                return report("per-class image AUROC", False, want, got,
+                              f"{where}, kind {kind!r}: compute the AUROC of each class on its own images, "
+                              "then average over classes (nan-aware), times 100; not one AUROC over all images")
+    return report("per-class image AUROC", True)

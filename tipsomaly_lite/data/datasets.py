@@ -1,0 +1,390 @@
+"""Reading prepared anomaly-detection datasets: ``meta.json`` + an MVTec-like folder tree.
+
+Every benchmark is prepared (see ``tipsomaly_lite.data.prepare``) into ``<data_root>/<key>/`` with a
+``meta.json`` in the format AdaCLIP, AnomalyCLIP and Tipsomaly read::
+
+    {"train": {...}, "test": {"bottle": [{"img_path": "bottle/test/broken_large/000.png",
+        "mask_path": "bottle/ground_truth/broken_large/000_mask.png", "cls_name": "bottle",
+        "specie_name": "broken_large", "anomaly": 1}, ...]}}
+
+``AnomalyDataset`` turns those rows into tensors: ``image`` ``(3,S,S)`` in [0,1] and ``mask``
+``(1,S,S)`` in {0,1}.
+
+Taught in notebooks/00_setup.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.backbones.preprocess import resize_image, to_float_rgb
+
+__all__ = [
+    "DATASET_KEYS", "IMAGE_EXTENSIONS", "IGNORED_NAMES", "CLASS_WORDS", "META_FORMAT_HINT",
+    "DatasetError", "AnomalyDataset", "class_word", "is_image_file", "list_images",
+    "read_meta", "write_meta", "build_meta_from_mvtec_layout", "load_image", "load_mask",
+]
+
+#: The seven benchmarks, in the order the paper's tables use.
+DATASET_KEYS = ("mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd")
+#: Image file extensions we read, compared case-insensitively (DAGM uses ``.PNG``, VisA ``.JPG``).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Files operating systems drop into folders; never images.
+IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+#: Prompt words that differ from the generic rule, per dataset key. KSDD's class folder is
+#: ``electrical_commutators``; one published variant prompts with ``SDD`` instead.
+CLASS_WORDS: dict[str, dict[str, str]] = {
+    "sdd": {"electrical_commutators": "electrical commutators"},
+}
+#: Shown whenever meta.json cannot be used.
+META_FORMAT_HINT = (
+    'expected JSON like {"train": {}, "test": {"bottle": [{"img_path": "bottle/test/broken/000.png", '
+    '"mask_path": "bottle/ground_truth/broken/000_mask.png", "cls_name": "bottle", '
+    '"specie_name": "broken", "anomaly": 1}]}} with paths relative to the dataset root')
+_ENTRY_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
+NORMAL_FOLDERS = ("good", "ok")
+
+
+class DatasetError(ValueError):
+    """A dataset file or folder is missing, unreadable or inconsistent."""
+
+
+def class_word(key: str | None, class_name: str) -> str:
+    """The word a class is called by in text prompts.
+
+    Underscores and hyphens become spaces; numeric names (``01``, ``Class3``) stay as they are.
+
+    Args:
+        key: dataset key (``"mvtec"``, ``"sdd"`` …) or None for the generic rule.
+        class_name: folder name of the class, e.g. ``"metal_nut"``.
+    Returns:
+        The prompt word, e.g. ``"metal nut"``.
+    Taught in notebooks/00_setup.ipynb.
+    """
+    override = CLASS_WORDS.get(key or "", {}).get(class_name)
+    if override is not None:
+        return override
+    return class_name.replace("_", " ").replace("-", " ").strip()
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a non-hidden file with an image extension (any case), not OS clutter."""
+    p = pathlib.Path(path)
+    name = p.name
+    if name.startswith(".") or name.lower() in IGNORED_NAMES:
+        return False
+    return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Image files directly inside ``folder``, sorted by name; empty if it does not exist."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+def _stem_index(folder: pathlib.Path, suffix: str = "_mask") -> dict[str, pathlib.Path]:
+    """Map image stem -> mask in ``folder``; masks are named ``<stem><suffix>.ext`` or ``<stem>.ext``."""
+    index: dict[str, pathlib.Path] = {}
+    for mask in list_images(folder):
+        stem = mask.stem[: -len(suffix)] if suffix and mask.stem.endswith(suffix) else mask.stem
+        if stem in index:
+            raise DatasetError(f"Two masks for stem {stem!r} in {folder}: {index[stem].name} and "
+                               f"{mask.name}; keep one.")
+        index[stem] = mask
+    return index
+
+
+# ----------------------------------------------------------------------------------- meta.json
+
+def read_meta(root: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate ``<root>/meta.json``.
+
+    Args:
+        root: dataset folder, e.g. ``data/mvtec``.
+    Returns:
+        ``{"train": {cls: [entry, …]}, "test": {cls: [entry, …]}}``; each entry has
+        ``img_path``, ``mask_path`` (``""`` when there is none), ``cls_name``, ``specie_name``
+        and ``anomaly`` (0 or 1). A missing ``train`` section becomes ``{}``.
+    Raises:
+        DatasetError: the file is missing or not in that format.
+    Taught in notebooks/00_setup.ipynb.
+    """
+    path = pathlib.Path(root) / "meta.json"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: a prepared dataset needs a meta.json at its root "
+                           f"({META_FORMAT_HINT}). Prepare it with data_scripts/prepare_dataset.py "
+                           "or build it from an MVTec-like folder with build_meta_from_mvtec_layout.")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON ({err}); {META_FORMAT_HINT}.") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("test"), dict):
+        raise DatasetError(f"{path} has no 'test' mapping of class -> list of samples; "
+                           f"{META_FORMAT_HINT}.")
+    meta.setdefault("train", {})
+    for split in ("train", "test"):
+        if not isinstance(meta[split], dict):
+            raise DatasetError(f"{path}: '{split}' must map class names to lists; {META_FORMAT_HINT}.")
+        for cls, entries in meta[split].items():
+            if not isinstance(entries, list):
+                raise DatasetError(f"{path}: {split}/{cls} must be a list of samples; "
+                                   f"{META_FORMAT_HINT}.")
+            for i, entry in enumerate(entries):
+                missing = [k for k in _ENTRY_KEYS if not isinstance(entry, dict) or k not in entry]
+                if missing:
+                    raise DatasetError(f"{path}: {split}/{cls}[{i}] lacks {missing}; "
+                                       f"{META_FORMAT_HINT}.")
+                if entry["anomaly"] not in (0, 1):
+                    raise DatasetError(f"{path}: {split}/{cls}[{i}] has anomaly="
+                                       f"{entry['anomaly']!r}, expected 0 or 1.")
+    return meta
+
+
+def write_meta(root: str | os.PathLike, meta: dict[str, Any]) -> pathlib.Path:
+    """Write ``<root>/meta.json`` atomically (temp file + rename), so readers never see half a file.
+
+    Args:
+        root: dataset folder (must exist).
+        meta: ``{"train": {…}, "test": {…}}`` as returned by ``read_meta``.
+    Returns:
+        Path of the written file.
+    """
+    path = pathlib.Path(root) / "meta.json"
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return path
+
+
+def build_meta_from_mvtec_layout(root: str | os.PathLike) -> dict[str, Any]:
+    """Build the meta dict of an MVTec-like folder (MVTec AD, MPDD, DTD-Synthetic, toy data).
+
+    Expected layout: ``<root>/<cls>/test/<defect>/<stem>.<ext>`` with masks at
+    ``<root>/<cls>/ground_truth/<defect>/<stem>_mask.<ext>`` (or ``<stem>.<ext>``), normal
+    images in ``test/good`` (or ``test/ok``) and training images in ``train/good``. A class is
+    any sub-folder holding a ``test`` folder. Masks are paired by stem, never by position.
+
+    Args:
+        root: dataset folder.
+    Returns:
+        ``{"train": {cls: [...]}, "test": {cls: [...]}}`` with paths relative to ``root``.
+    Raises:
+        DatasetError: no class folder; a class without test images; an anomalous image
+            without mask (names the image and where the mask was looked for).
+    Taught in notebooks/00_setup.ipynb.
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Dataset folder {root} does not exist.")
+    class_dirs = sorted(p for p in root.iterdir()
+                        if p.is_dir() and not p.name.startswith(".") and (p / "test").is_dir())
+    if not class_dirs:
+        raise DatasetError(f"No class folder in {root}: expected <class>/test/<defect>/*.png "
+                           "(MVTec-like layout).")
+    meta: dict[str, Any] = {"train": {}, "test": {}}
+    for cls_dir in class_dirs:
+        cls = cls_dir.name
+        test_rows = []
+        for defect_dir in sorted(p for p in (cls_dir / "test").iterdir()
+                                 if p.is_dir() and not p.name.startswith(".")):
+            defect = defect_dir.name
+            normal = defect.lower() in NORMAL_FOLDERS
+            masks = {} if normal else _stem_index(cls_dir / "ground_truth" / defect)
+            for img in list_images(defect_dir):
+                mask_rel = ""
+                if not normal:
+                    mask = masks.get(img.stem)
+                    if mask is None:
+                        raise DatasetError(
+                            f"Anomalous image {img} has no mask: looked for "
+                            f"{cls_dir / 'ground_truth' / defect}/{img.stem}_mask.<ext> or "
+                            f"{img.stem}.<ext>. An anomalous image without mask is an error, "
+                            "not an empty mask.")
+                    mask_rel = mask.relative_to(root).as_posix()
+                test_rows.append({"img_path": img.relative_to(root).as_posix(),
+                                  "mask_path": mask_rel, "cls_name": cls,
+                                  "specie_name": defect, "anomaly": 0 if normal else 1})
+        if not test_rows:
+            raise DatasetError(f"Class {cls!r} has no test images in {cls_dir / 'test'}.")
+        meta["test"][cls] = sorted(test_rows, key=lambda r: r["img_path"])
+        train_rows = []
+        for good in NORMAL_FOLDERS:
+            for img in list_images(cls_dir / "train" / good):
+                train_rows.append({"img_path": img.relative_to(root).as_posix(), "mask_path": "",
+                                   "cls_name": cls, "specie_name": good, "anomaly": 0})
+        if train_rows:
+            meta["train"][cls] = sorted(train_rows, key=lambda r: r["img_path"])
+    return meta
+
+
+# --------------------------------------------------------------------------------- image I/O
+
+def _open(path: pathlib.Path, what: str) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError as err:
+        raise DatasetError(f"{what} {path} does not exist.") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"Cannot read {what.lower()} {path}: {err}. The file is corrupt or "
+                           "not an image; replace it (re-extract the archive).") from err
+    return img
+
+
+def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
+    """Read an image as RGB and squash it to ``size × size`` (no crop, no normalisation).
+
+    The same pipeline as ``TIPS.preprocess`` (:mod:`tipsomaly_lite.backbones.preprocess`): grey images are
+    repeated to RGB, alpha dropped, 16-bit images scaled by 65535, antialiased bilinear resize.
+
+    Args:
+        path: image file.
+        size: output side S in pixels, or None to keep the original size.
+    Returns:
+        ``image`` ``(3,S,S)`` float32 in [0,1].
+    """
+    image = to_float_rgb(_open(pathlib.Path(path), "Image"))
+    return resize_image(image, size) if size is not None else image
+
+
+def _mask_array(img: Image.Image) -> np.ndarray:
+    """Boolean ``(H,W)``: any non-zero value is defect (0/255 masks and VisA class ids alike)."""
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")  # alpha is not a defect
+    arr = np.asarray(img)  # palette images give their indices: class ids stay class ids
+    if arr.ndim == 3:
+        return (arr > 0).any(axis=2)
+    return arr > 0
+
+
+def load_mask(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
+    """Read a mask, binarise it (> 0) and resize it bilinearly to ``size`` then threshold at 0.5.
+
+    Args:
+        path: mask file; any non-zero pixel is defect.
+        size: output side S in pixels, or None to keep the original size.
+    Returns:
+        ``mask`` ``(1,S,S)`` float32 in {0,1}.
+    """
+    return _mask_tensor(_mask_array(_open(pathlib.Path(path), "Mask")), size)
+
+
+def _mask_tensor(binary: np.ndarray, size: int | None) -> torch.Tensor:
+    """Boolean ``(H,W)`` -> ``(1,S,S)`` float in {0,1}: bilinear on the 0/255 image, then > 0.5."""
+    if size is not None and binary.shape != (size, size):
+        resized = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+        binary = np.asarray(resized) > 127
+    return torch.from_numpy(binary.astype(np.float32))[None]
+
+
+# --------------------------------------------------------------------------------- dataset
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Samples of one split of a prepared dataset, as tensors.
+
+    Each item is a dict: ``image`` ``(3,S,S)`` float32 in [0,1]; ``mask`` ``(1,S,S)`` float32 in
+    {0,1} (zeros for normal images); ``label`` int (1 = anomalous); ``class_name``;
+    ``class_word`` (the prompt word); ``defect_type``; ``path`` (absolute image path). Works
+    with the default ``DataLoader`` collation. Order is deterministic: classes sorted, then
+    samples sorted by path.
+
+    Args:
+        root: ``<data_root>/<key>`` holding ``meta.json``. A plain MVTec-like folder without
+            meta.json is read through ``build_meta_from_mvtec_layout``.
+        split: ``"test"`` (the zero-shot protocol) or ``"train"``.
+        image_size: side S in pixels (images are squashed, not cropped).
+        classes: subset of class names, or None for all.
+        key: dataset key for the prompt words; defaults to the folder name.
+        class_word_fn: maps a class name to its prompt word, replacing ``class_word``.
+    Raises:
+        DatasetError: missing/malformed meta.json, unknown or empty class, anomalous image
+            without mask; when an item is read: unreadable image or mask, or a mask whose size
+            differs from its image (names both files).
+    Taught in notebooks/00_setup.ipynb.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, split: str = "test", image_size: int = 518,
+                 classes: list[str] | tuple[str, ...] | None = None, key: str | None = None,
+                 class_word_fn: Callable[[str], str] | None = None) -> None:
+        self.root = pathlib.Path(root).resolve()
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        if int(image_size) <= 0:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size!r}.")
+        self.split = split
+        self.image_size = int(image_size)
+        self.key = key if key is not None else self.root.name
+        self._word = class_word_fn or (lambda c: class_word(self.key, c))
+        if (self.root / "meta.json").exists():
+            meta = read_meta(self.root)
+            self.meta_source = "meta.json"
+        else:
+            meta = build_meta_from_mvtec_layout(self.root)
+            self.meta_source = "folder layout"
+        table = meta[split]
+        if classes is not None:
+            classes = [classes] if isinstance(classes, str) else list(classes)
+            unknown = [c for c in classes if c not in table]
+            if unknown:
+                raise DatasetError(f"Classes {unknown} are not in the {split} split of {self.root}; "
+                                   f"available: {sorted(table)}.")
+        self.classes = sorted(classes if classes is not None else table)
+        self.samples: list[dict[str, Any]] = []
+        for cls in self.classes:
+            rows = table[cls]
+            if not rows:
+                raise DatasetError(f"Class {cls!r} has no {split} samples in "
+                                   f"{self.root / 'meta.json'}.")
+            for row in sorted(rows, key=lambda r: r["img_path"]):
+                if row["anomaly"] == 1 and not row["mask_path"]:
+                    raise DatasetError(f"Anomalous image {self.root / row['img_path']} has no "
+                                       f"mask_path in {self.root / 'meta.json'}; an anomalous "
+                                       "image without mask is an error, not an empty mask.")
+                self.samples.append(row)
+        if not self.samples:
+            raise DatasetError(f"No {split} samples in {self.root}.")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(len,)`` int64 anomaly labels, without reading any image."""
+        return np.array([r["anomaly"] for r in self.samples], dtype=np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.samples[index]
+        img_path = self.root / row["img_path"]
+        pil = _open(img_path, "Image")
+        width, height = pil.size
+        image_t = resize_image(to_float_rgb(pil), self.image_size)
+        if row["mask_path"]:
+            mask_path = self.root / row["mask_path"]
+            mask_pil = _open(mask_path, "Mask")
+            if mask_pil.size != (width, height):
+                raise DatasetError(f"Mask {mask_path} is {mask_pil.size[0]}x{mask_pil.size[1]} "
+                                   f"but image {img_path} is {width}x{height} (width x height); "
+                                   "they must match.")
+            mask_t = _mask_tensor(_mask_array(mask_pil), self.image_size)
+        else:
+            mask_t = torch.zeros(1, self.image_size, self.image_size)
+        return {"image": image_t.contiguous(), "mask": mask_t, "label": int(row["anomaly"]),
+                "class_name": row["cls_name"], "class_word": self._word(row["cls_name"]),
+                "defect_type": row["specie_name"], "path": str(img_path)}
+
+    def __repr__(self) -> str:
+        n_anom = int(self.labels.sum())
+        return (f"AnomalyDataset(root={str(self.root)!r}, split={self.split!r}, "
+                f"image_size={self.image_size}, classes={len(self.classes)}, "
+                f"samples={len(self)} ({len(self) - n_anom} normal / {n_anom} anomalous), "
+                f"from {self.meta_source})")
