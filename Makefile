@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,course]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,6 +34,17 @@ test: install
 
 clean:
 	rm -rf build .pytest_cache
+
+.PHONY: lab student
+# Open the course in JupyterLab (the `course` extra), with live widgets.
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+# The teacher's hand-out: student notebooks (solutions replaced by stubs) in build/student/, and
+# their HTML, executed offline, without solutions, in build/student/html/ (index.html: the learning path).
+student: install
+	$(PY) notebooks/make_student_copies.py --out build/student
+	$(PY) notebooks/run_course.py --student --out build/student/html
 
 # Opt-in, not part of `make test`: every Python that pyproject.toml declares and this machine has
 # (python3.X on PATH or under pyenv) gets a throwaway venv in build/pythons/3.X/, installed as

@@ -5,8 +5,9 @@ The notebooks hold each exercise once, with its solution between ``# BEGIN SOLUT
 (at the block's indentation), so the student's function returns None and its self-check shows ❌
 until it is written. Outputs are cleared. Nothing is kept by hand.
 
-    python notebooks/make_student_copies.py            # -> build/student/*.ipynb
-    python notebooks/make_student_copies.py --out DIR
+    python3 notebooks/make_student_copies.py           # -> build/student/*.ipynb (runs itself in .venv)
+    python3 notebooks/make_student_copies.py --out DIR
+    make student                                        # the copies, then their HTML (no solutions)
 """
 
 from __future__ import annotations
@@ -18,7 +19,22 @@ import re
 import sys
 from pathlib import Path
 
-from tipsomaly_lite.data.atomic import atomic_file
+
+def _reexec_in_venv(script: str) -> None:
+    """Run ``script`` again with the project's ``.venv/bin/python`` when the package is not importable here,
+    so ``python3 notebooks/<script>`` works without activating the venv; with no venv, one clear line."""
+    venv = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+    if __name__ == "__main__" and venv.is_file() and not os.environ.get("_TIPSOMALY_REEXEC"):
+        os.environ["_TIPSOMALY_REEXEC"] = "1"  # never loop
+        os.execv(str(venv), [str(venv), str(Path(__file__).resolve()), *sys.argv[1:]])
+    sys.exit(f"{script}: tipsomaly_lite is not importable by {sys.executable}; run `make install` first, "
+             f"or use .venv/bin/python notebooks/{script}")
+
+
+try:
+    from tipsomaly_lite.data.atomic import atomic_file
+except ImportError:
+    _reexec_in_venv("make_student_copies.py")
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"

@@ -204,3 +204,99 @@ def test_no_code_path_unpickles_downloaded_files():
         for call in re.findall(r"torch\.load\([^)]*\)", source):
             assert "weights_only=True" in call, f"{path.name}: {call}"
         assert not re.search(r"\bpickle\.loads?\(|weights_only=False", source), path.name
+
+
+# --- issue 11 item 12: weights are checked for sense at load, not just for shape
+
+from helpers.hostile import hf_folder  # noqa: E402
+from tipsomaly_lite.backbones.tips.checkpoints import hf_to_npz_names  # noqa: E402
+
+
+def _tiny_pair(tmp_path, *, vision_edit=None, text_edit=None):
+    v, t = random_tips_arrays(TINY_ARCH, seed=5)
+    (vision_edit or (lambda a: None))(v)
+    (text_edit or (lambda a: None))(t)
+    write_npz(tmp_path / "v.npz", v)
+    write_npz(tmp_path / "t.npz", t)
+    return tmp_path / "v.npz", tmp_path / "t.npz"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weight_is_refused_naming_file_and_array(tmp_path, tiny_tokenizer_path, bad):
+    def poison(arrays):
+        arrays["blocks.0.attn.qkv.weight"][3, 5] = bad
+    v, t = _tiny_pair(tmp_path, vision_edit=poison)
+    with pytest.raises(CheckpointError, match=r"v\.npz: array 'blocks\.0\.attn\.qkv\.weight' holds 1 NaN/inf"):
+        load_tips(vision=v, text=t, tokenizer=tiny_tokenizer_path)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.01, np.nan, np.inf])
+def test_temperature_that_is_not_positive_and_finite_is_refused(tmp_path, tiny_tokenizer_path, temperature):
+    v, t = _tiny_pair(tmp_path, text_edit=lambda a: a.__setitem__("temperature", np.float32(temperature)))
+    with pytest.raises(CheckpointError, match=r"t\.npz: array 'temperature'"):
+        load_tips(vision=v, text=t, tokenizer=tiny_tokenizer_path)
+
+
+def test_npy_given_where_an_npz_is_expected(tmp_path, tiny_tokenizer_path):
+    v, t = _tiny_pair(tmp_path)
+    np.save(tmp_path / "single.npy", np.zeros(3, np.float32))
+    for reader in (npz_shapes, read_npz):
+        with pytest.raises(CheckpointError, match=r"single\.npy: a single \.npy array, not an \.npz"):
+            reader(tmp_path / "single.npy")
+    with pytest.raises(CheckpointError, match=r"single\.npy"):
+        load_tips(vision=tmp_path / "single.npy", text=t, tokenizer=tiny_tokenizer_path)
+
+
+def test_hf_folder_of_the_tiny_model_loads(tmp_path, tiny_tokenizer_path):
+    model = load_tips(f"hf:{hf_folder(tmp_path / 'hf', tiny_tokenizer_path)}")
+    assert model.arch == TINY_ARCH and model.temperature > 0
+
+
+def test_hf_folder_with_old_and_new_names_for_one_tensor(tmp_path, tiny_tokenizer_path):
+    old_name = {"vision_model.layernorm.weight": np.ones(TINY_ARCH.width, np.float32)}
+    folder = hf_folder(tmp_path / "hf", tiny_tokenizer_path, extra=old_name)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: both .*'norm\.weight'.*mixes the old and new"):
+        load_tips(f"hf:{folder}")
+
+
+def test_packed_old_names_clash_with_a_new_packed_tensor():
+    state = {"vision_encoder.blocks.0.attn.qkv.weight": np.zeros((6, 2)),
+             "vision_model.encoder.layer.0.attention.q_proj.weight": np.zeros((2, 2))}
+    with pytest.raises(CheckpointError, match="f.safetensors: both"):
+        hf_to_npz_names(state, where="f.safetensors")
+    parts = {f"vision_model.encoder.layer.0.attention.{p}_proj.weight": np.zeros((2, 2)) for p in "qkv"}
+    vision, _ = hf_to_npz_names(parts)  # the three parts of one packed tensor are not a clash
+    assert vision["blocks.0.attn.qkv.weight"].shape == (6, 2)
+
+
+@pytest.mark.parametrize("config,match", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"vision_config": "big"}', "expected a JSON object"),
+    ('{"vision_config": {"num_attention_heads": "4"}}', "num_attention_heads is '4'"),
+    ('{"vision_config": {"num_attention_heads": 0}}', "num_attention_heads is 0"),
+    ('{"vision_config": {"num_attention_heads": true}}', "num_attention_heads is True"),
+])
+def test_hf_config_json_malformed_or_wrong_types(tmp_path, tiny_tokenizer_path, config, match):
+    folder = hf_folder(tmp_path / "hf", tiny_tokenizer_path, config=config)
+    with pytest.raises(CheckpointError, match=rf"config\.json: .*{match}") as info:
+        load_tips(f"hf:{folder}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001])
+def test_truncated_safetensors_is_one_line_naming_the_file(tmp_path, tiny_tokenizer_path, keep):
+    folder = hf_folder(tmp_path / "hf", tiny_tokenizer_path)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: max(10, int(len(data) * keep))])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors") as info:
+        load_tips(f"hf:{folder}")
+    assert "\n" not in str(info.value)
+
+
+def test_hf_weights_with_nan_are_refused(tmp_path, tiny_tokenizer_path):
+    bad = np.full(TINY_ARCH.width, np.nan, np.float32)
+    folder = hf_folder(tmp_path / "hf", tiny_tokenizer_path, extra={"text_encoder.ln_final.bias": bad})
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: array 'ln_final\.bias' holds 64 NaN"):
+        load_tips(f"hf:{folder}")

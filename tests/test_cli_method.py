@@ -88,7 +88,7 @@ def test_predict_writes_overlays_and_scores(data_root, tmp_path, capsys):
     assert all(0 <= float(r["image_score"]) <= 2 for r in rows)
     with Image.open(out / "a_overlay.png") as im:
         assert im.size[0] > 200
-    assert "meaningless" in capsys.readouterr().out
+    assert "MEANINGLESS" in capsys.readouterr().out
 
 
 @pytest.mark.filterwarnings("ignore::tipsomaly_lite.offline.MeaninglessResultsWarning")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +53,7 @@ def real_looking(monkeypatch, tiny):
 
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
     monkeypatch.setattr(course, "load_backbone", fake_load)
+    monkeypatch.setattr("tipsomaly_lite.backbones.tips.registry.variant_is_cached", lambda name: True)
     return calls
 
 
@@ -82,6 +85,7 @@ def test_offline_argument_forces_offline_without_the_env(monkeypatch, tmp_path, 
 
 def test_unreachable_weights_fall_back_to_offline_unless_forbidden(monkeypatch, tmp_path):
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
+    monkeypatch.setenv(course.DOWNLOAD_ENV, "1")  # downloading is allowed, the bucket is not reachable
     real = course.load_backbone
 
     def unreachable(name=None, **kwargs):
@@ -106,15 +110,15 @@ def test_real_model_reads_prepared_dataset_else_toy_stand_in(real_looking, tmp_p
 
 
 def test_with_auxiliary_points_the_prompts_at_another_source(real_looking, tmp_path):
-    make_toy_dataset(tmp_path / "btad", classes=["pill"], image_size=64, n_normal=2, n_anomalous=2)
+    make_toy_dataset(tmp_path / "mvtec", classes=["pill"], image_size=64, n_normal=2, n_anomalous=2)
     c = course.start(variant="l14-hr", data_root=tmp_path, image_size=224, verbose=False)
-    other = c.with_auxiliary("btad")
-    assert (other.aux_key, other.aux_root) == ("btad", tmp_path / "btad") and other.model is c.model
+    other = c.with_auxiliary("mvtec")
+    assert (other.aux_key, other.aux_root) == ("mvtec", tmp_path / "mvtec") and other.model is c.model
     assert c.aux_key == "toy_aux"  # the original course is unchanged
     missing = c.with_auxiliary("mpdd")
     assert missing.aux_key == "toy_aux" and "mpdd is not prepared" in missing.notes[-1]
     _, run = other.training_set()
-    assert run.name.startswith("prompts-btad-224px-")
+    assert run.name.startswith("prompts-mvtec-224px-")
 
 
 def test_released_prompts_are_found_by_the_protocols_name_even_without_its_data(monkeypatch, tmp_path):
@@ -169,6 +173,54 @@ def test_pick_device_and_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv("TIPSOMALY_DATA")
     assert course.default_data_root().name == "data"
     assert course.prompts_trained_on("mvtec") == "visa" and course.prompts_trained_on("btad") == "mvtec"
+
+
+def test_no_download_outside_colab_unless_asked(monkeypatch, tmp_path, capsys):
+    """Weights not cached, no Colab, no opt-in: offline mode with a note on how to get them; never a download."""
+    monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
+    monkeypatch.delenv(course.DOWNLOAD_ENV, raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    real = course.load_backbone
+    asked = []
+
+    def spy(name=None, **kwargs):
+        asked.append((name, kwargs.get("download", True)))
+        if name != "tiny":
+            raise AssertionError("a download was started") if kwargs.get("download", True) else \
+                FileNotFoundError("not in the cache")
+        return real("tiny", **kwargs)
+
+    monkeypatch.setattr(course, "load_backbone", spy)
+    c = course.start(data_root=tmp_path, image_size=224)
+    out = capsys.readouterr().out
+    assert c.offline and asked == [("tiny", True)]
+    assert "~2 GB" in out and "tipsomaly fetch l14-hr" in out and "DOWNLOAD = True" in out
+    with pytest.raises(FileNotFoundError):  # real mode demanded: the cache's error, still no download
+        course.start(offline=False, data_root=tmp_path, image_size=224, verbose=False)
+    assert asked[-1] == ("l14-hr", False)
+    for opt_in in ({"download": True}, {}):
+        if not opt_in:
+            monkeypatch.setenv(course.DOWNLOAD_ENV, "1")
+        asked.clear()
+        with pytest.raises(AssertionError, match="a download was started"):
+            course.start(data_root=tmp_path, image_size=224, verbose=False, **opt_in)
+        assert asked == [("l14-hr", True)] and "Downloading TIPS l14-hr (~2 GB)" in capsys.readouterr().out
+    monkeypatch.delenv(course.DOWNLOAD_ENV)
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "x")  # Colab downloads by default, unless download=False
+    assert course.download_allowed() and not course.download_allowed(False)
+
+
+def test_a_real_large_model_on_the_cpu_gets_a_warning(real_looking, tmp_path, monkeypatch, capsys):
+    import types
+
+    big = types.SimpleNamespace(is_offline=False, text_width=1024, variant="l14-hr")
+    note = course._cpu_note(big, torch.device("cpu"), 518)
+    assert note and "CPU" in note and "seconds per 518-px image" in note and "GPU" in note
+    assert course._cpu_note(big, torch.device("cuda"), 518) is None
+    assert course._cpu_note(types.SimpleNamespace(is_offline=True, text_width=1024), torch.device("cpu"), 518) is None
+    monkeypatch.setattr(course, "_cpu_note", lambda model, device, size: "⚠ slow here")
+    c = course.start(variant="l14-hr", data_root=tmp_path, image_size=224, device="cpu")
+    assert "⚠ slow here" in c.notes and "⚠ slow here" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- checks core
@@ -242,7 +294,7 @@ def test_strip_solutions_keeps_indentation_and_refuses_bad_markers():
 def test_student_copies_of_the_course_have_stubs_only(tmp_path, lenient, capsys):
     m = _script("make_student_copies")
     written = m.write_student_copies(tmp_path)
-    assert len(written) == 8
+    assert len(written) >= 8
     assert [p.name for p in written] == sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in written:
         nb = json.loads(path.read_text(encoding="utf-8"))
@@ -273,3 +325,326 @@ def test_run_notebook_writes_html_with_the_figure(tmp_path, monkeypatch):
     html = (tmp_path / "99_probe.html").read_text(encoding="utf-8")
     assert seconds > 0 and "done here" in html and "data:image/png;base64" in html
     assert json.loads(path.read_text())["cells"][0]["outputs"] == []  # the source notebook is untouched
+
+
+# ---------------------------------------------------------------- graded help, any numeric type, untouched stubs
+
+@pytest.fixture
+def fresh_failures(monkeypatch):
+    from tipsomaly_lite.course.checks import core
+
+    monkeypatch.setattr(core, "_FAILURES", {})
+    return core
+
+
+def _stub(*args, **kwargs):
+    return None
+
+
+def _exercise_calls(tiny):
+    """Every exercise's check called with the untouched stub (a function returning None)."""
+    return {"class_counts": lambda f: checks.class_counts(f), "file_sha256": lambda f: checks.file_sha256(f),
+            "text_positions": checks.text_positions, "pos_embed_resize": checks.pos_embed_resize,
+            "patch_similarity_map": lambda f: checks.patch_similarity_map(f, tiny),
+            "delta_for_probability": checks.delta_for_probability,
+            "image_scores_by_class": checks.image_scores_by_class, "f1_max_by_hand": checks.f1_max_by_hand,
+            "batch_loss": checks.batch_loss, "pixel_f1": checks.pixel_f1, "fused_score": checks.fused_score,
+            "per_class_auroc": checks.per_class_auroc, "per_region_overlap": checks.per_region_overlap,
+            "aupro_gap": checks.aupro_gap, "normal_threshold": checks.normal_threshold,
+            "f1_threshold": checks.f1_threshold, "map_at_photo_size": checks.map_at_photo_size}
+
+
+def test_every_exercise_is_registered_with_a_hint_that_is_not_code(tiny):
+    from tipsomaly_lite.course.checks import core
+
+    assert set(_exercise_calls(tiny)) <= set(core._EXERCISES)  # notebooks 00-07 (later ones test their own)
+    for key, ex in core._EXERCISES.items():
+        assert ex.hint and not re.search(r"\b(torch|F|np|hashlib|h|f)\.\w+\(", ex.hint), f"{key}: code in the hint"
+    assert "torch.cat" not in core._EXERCISES["text_positions"].hint
+
+
+def test_every_solution_resolves_to_the_packages_code(tiny, capsys):
+    from tipsomaly_lite.course.checks import core
+
+    for key, ex in core._EXERCISES.items():
+        checks.solution(key)
+        out = capsys.readouterr().out
+        assert ("def " in out) if ex.reference else ("checks a property" in out), key
+
+
+def test_an_untouched_exercise_ends_with_the_none_line_and_gives_no_hint(tiny, lenient, fresh_failures, capsys):
+    for key, call in _exercise_calls(tiny).items():
+        for _ in range(fresh_failures.HINT_AFTER + 1):  # an untouched exercise run again and again stays untold
+            assert call(_stub) is False, key
+            out = capsys.readouterr().out
+            assert out.rstrip().splitlines()[-1].strip() == checks.UNANSWERED, f"{key}:\n{out}"
+            assert "TypeError" not in out and "hint:" not in out and f'checks.hint("{key}")' in out, f"{key}:\n{out}"
+        assert call(lambda *a, **k: ...) is False and checks.UNANSWERED in capsys.readouterr().out, key
+
+
+def test_help_is_graded_what_is_wrong_then_a_hint_on_request_then_by_itself(lenient, fresh_failures, capsys):
+    from tipsomaly_lite.backbones.tips.text import sinusoidal_positions
+
+    hint = fresh_failures._EXERCISES["text_positions"].hint
+
+    def interleaved(length, width):
+        return sinusoidal_positions(length, width).reshape(length, 2, -1).transpose(1, 2).reshape(length, width)
+
+    for attempt in range(1, fresh_failures.HINT_AFTER + 1):
+        assert checks.text_positions(interleaved) is False
+        out = capsys.readouterr().out
+        assert "first mismatch at index [" in out
+        if attempt < fresh_failures.HINT_AFTER:
+            assert hint not in out and 'checks.hint("text_positions")' in out
+        else:
+            assert f"hint:     {hint}" in out
+    assert checks.hint("text_positions") is None and hint in capsys.readouterr().out  # printed once, no echo
+    checks.hint(checks.text_positions)
+    assert hint in capsys.readouterr().out
+    checks.solution("text_positions")
+    assert "def sinusoidal_positions" in capsys.readouterr().out
+    checks.solution("aupro_gap")
+    assert "checks a property" in capsys.readouterr().out
+    checks.solution("per_class_auroc")
+    assert "def image_metrics_by_score" in capsys.readouterr().out
+    with pytest.raises(KeyError, match="no exercise named 'nope'"):
+        checks.hint("nope")
+
+
+@pytest.mark.parametrize("wrap", [float, np.float32, np.float64, lambda v: torch.tensor(v),
+                                  lambda v: torch.tensor([v], dtype=torch.float64), lambda v: np.array(v)],
+                         ids=["float", "np.float32", "np.float64", "0-d tensor", "1-element tensor", "0-d array"])
+def test_numeric_answers_of_any_type_are_accepted(wrap, lenient, monkeypatch):
+    """Notebook 05 exercise 2 included: a float32 or 0-d tensor AUROC of the right value passes."""
+    from tests.test_checks_nb05 import good_per_class
+
+    monkeypatch.setenv(checks.STRICT_ENV, "1")
+    assert checks.per_class_auroc(lambda rows, kind: wrap(good_per_class(rows, kind))) is True
+    assert checks.check_close("scalar", wrap(0.25), 0.25) is True
+    assert checks.check_in_range("auroc", wrap(75.0), 0, 100) is True
+    if getattr(wrap(0.5), "dtype", np.float64) in (np.float64, torch.float64):  # float32 may round below a score
+        from tests.test_checks_nb07 import _normal_threshold
+
+        assert checks.normal_threshold(lambda s, a: wrap(_normal_threshold(s, a))) is True
+
+
+def test_a_non_number_is_told_so(lenient, capsys):
+    assert not checks.per_class_auroc(lambda rows, kind: "75")
+    assert "not one number" in capsys.readouterr().out
+    assert not checks.per_class_auroc(lambda rows, kind: [75.0, 80.0])
+    assert "not one number" in capsys.readouterr().out
+
+
+def test_a_diff_shows_the_values_around_the_first_mismatch(lenient, capsys):
+    expected = torch.arange(100.0)
+    got = expected.clone()
+    got[57] = -1.0
+    assert not checks.check_close("far", got, expected)
+    out = capsys.readouterr().out
+    assert "first mismatch at index [57]: expected 57, got -1" in out and "1 of 100 values differ" in out
+    assert "[…, 55, 56, >57<, 58, 59, 60, …]" in out and "[…, 55, 56, >-1<, 58, 59, 60, …]" in out
+    assert not checks.check_close("2-d", got.reshape(10, 10), expected.reshape(10, 10))
+    assert "at index [5, 7]" in capsys.readouterr().out
+    assert not checks.check_close("nan", torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]))
+    assert "NaN where a number was expected" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- self-contained HTML, the learning path, the hand-out
+
+_PROBE_MARKDOWN = ("# 99 · Probe\n\nThe cosine $$s = \\frac{z}{\\lVert z\\rVert}\\cdot\\big(t\\big)$$ and inline "
+                   "$p_t^2$; not maths: `$HOME` and $HOME and $PATH.")
+_PROBE_INTERACT = ("import matplotlib.pyplot as plt\n%matplotlib inline\nfrom tipsomaly_lite import interact\n\n"
+                   "def draw(k=2):\n    plt.plot(range(k + 2)); plt.title(f'k={k}'); plt.show()\n\n"
+                   "interact(draw, k=(0, 5));")
+_PROBE_WIDGET = "import ipywidgets\nipywidgets.Button(description='press')"
+_PROBE_PROGRESS = "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='steps'):\n    pass"
+
+
+def _visible_text(page: str) -> str:
+    """What a reader sees: the page without scripts, styles, tags and image attributes."""
+    page = re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S | re.I)
+    return re.sub(r"<[^>]+>", " ", page)
+
+
+@pytest.fixture(scope="module")
+def probe_html(tmp_path_factory):
+    """A notebook with display and inline maths, an interactive cell and a bare widget, run to HTML."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    m = _script("run_course")
+    tmp = tmp_path_factory.mktemp("probe")
+    nb = new_notebook(cells=[new_markdown_cell(_PROBE_MARKDOWN), new_code_cell(_PROBE_INTERACT),
+                             new_code_cell(_PROBE_WIDGET), new_code_cell(_PROBE_PROGRESS)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp / "99_probe.ipynb"
+    nbformat.write(nb, path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MPLBACKEND", raising=False)
+        mp.setenv("TIPSOMALY_WIDGETS", "static")
+        m.run_notebook(path, tmp)
+    return m, tmp / "99_probe.html"
+
+
+def test_html_course_is_self_contained(probe_html):
+    m, path = probe_html
+    page = path.read_text(encoding="utf-8")
+    visible = _visible_text(page)
+    assert "$$" not in visible and "\\frac" not in visible and "$p_t" not in visible
+    assert page.count('class="math-display"') == 1 and page.count('class="math-inline"') == 1
+    assert "data:image/svg+xml;base64," in page and "math-source" not in page  # drawn, not left as source
+    assert "$HOME and $PATH" in visible and "<code>$HOME</code>" in page  # dollars that are not maths stay
+    assert re.search(r"static preview with k=2.*?data:image/png;base64", page, re.S), "the interactive cell's figure"
+    assert m.WIDGET_NOTE in visible and m.WIDGET_VIEW not in page.split("</head>")[1]
+    assert not re.search(r'<script[^>]+src="https?://', page), "a script fetched from the internet"
+    assert "html-manager" not in page and "steps:" not in visible  # no widget state to fetch a manager for
+
+
+def test_html_course_in_a_real_browser(probe_html, tmp_path):
+    """Chromium (Debian's `chromium`) renders the page: no equation source visible, the figure there."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    _, path = probe_html
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    dom = subprocess.run([*flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "99 · Probe" in dom and "$$" not in _visible_text(dom)
+    assert re.search(r"static preview with k=2.*?<img[^>]+data:image/png", dom, re.S)
+    assert not re.search(r'<script[^>]+src="https?://', dom), "the page fetches a script from the internet"
+    shot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=900,1400", path.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1400, 900) and (pixels < 128).mean() > 0.002  # text and a figure, not a blank page
+
+
+def test_math_falls_back_to_readable_source_and_leaves_code_alone():
+    m = _script("run_course")
+    assert m.latex_to_svg(r"\begin{nosuch}") is None
+    out = m.render_math("see $$\\begin{nosuch} x$$ and `$$x$$` and ```\n$a^2$\n```")
+    assert '<div class="math-source">\\begin{nosuch} x</div>' in out and "`$$x$$`" in out and "$a^2$" in out
+
+
+def test_index_is_a_learning_path(tmp_path):
+    m = _script("run_course")
+    rows = []
+    for path in sorted((ROOT / "notebooks").glob("0[0-7]_*.ipynb")):
+        info = m.notebook_info(json.loads(path.read_text(encoding="utf-8")))
+        assert info["title"].startswith(path.name[:2] + " · ") and 3 <= len(info["outcomes"]) <= 5, path.name
+        assert len(info["exercises"]) >= 2 and all(e.startswith("Exercise ") for e in info["exercises"]), path.name
+        assert 20 <= info["student_minutes"] <= 240 and info["builds_on"], path.name
+        rows.append((path.stem, info, 12.0))
+    page = m.index_html(rows, "OFFLINE mode", student=False)
+    for name, info, _ in rows:
+        assert f'href="{name}.html"' in page and f"about {info['student_minutes']} min for a student" in page
+        assert html_escape(info["exercises"][0]) in page
+    assert "this page ran in 12 s" in page and "Teacher edition" in page
+    assert 'href="01_loading_tips.html">01 · Loading TIPS</a>' in page  # "builds on" links to the page
+    assert "Student edition" in m.index_html(rows, "OFFLINE mode", student=True)
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_student_html_runs_the_copies_without_solutions(tmp_path, monkeypatch):
+    """`run_course.py --student` executes the student copies (stubs), checks print ❌ and never raise."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    m = _script("run_course")
+    src = tmp_path / "src"
+    src.mkdir()
+    nb = new_notebook(cells=[
+        new_markdown_cell("[badge]"), new_markdown_cell("# 98 · Stub\n\nOne line.\n\n**By the end you will be able to**"
+                                                        "\n- a\n- b\n- c\n\n**Builds on:** nothing."),
+        new_markdown_cell("## Exercises\n\n**Exercise 1 · Twice.** Write it."),
+        new_code_cell("from tipsomaly_lite.course import checks\n\ndef twice(x):\n    # BEGIN SOLUTION\n"
+                      "    return 2 * x\n    # END SOLUTION\n\nchecks.check_close('twice', twice(3.0), 6.0)"),
+        new_code_cell("print('after the exercise')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, src / "98_stub.ipynb")
+    monkeypatch.setattr(m, "HERE", src)
+    monkeypatch.setenv(checks.STRICT_ENV, "1")  # the hand-out turns strictness off for its kernels
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    for var, value in (("TIPSOMALY_OFFLINE", "1"), ("TIPSOMALY_WIDGETS", "static")):
+        monkeypatch.setenv(var, value)  # main() sets them for its kernels; restored after this test
+    assert m.main(["--student", "--out", str(tmp_path / "html")]) == 0
+    page = (tmp_path / "html" / "98_stub.html").read_text(encoding="utf-8")
+    assert "BEGIN SOLUTION" not in page and "return 2 * x" not in page and "YOUR CODE HERE" in page
+    assert "❌ twice" in page and checks.UNANSWERED in page and "after the exercise" in page
+    index = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    assert "Student edition" in index and "Exercise 1 · Twice" in index
+    assert json.loads((src / "98_stub.ipynb").read_text())["cells"][3]["outputs"] == []
+
+
+def test_scripts_run_without_the_venv_active(tmp_path):
+    """`python3 notebooks/make_student_copies.py` re-runs itself with .venv/bin/python; with no way in, one line."""
+    import os
+    import subprocess
+    import sys
+
+    script = ROOT / "notebooks" / "make_student_copies.py"
+    env = {k: v for k, v in os.environ.items() if k != "_TIPSOMALY_REEXEC"}
+    # -S: no site-packages, so tipsomaly_lite is not importable by this interpreter.
+    bare = subprocess.run([sys.executable, "-S", str(script), "--out", str(tmp_path / "s")], capture_output=True,
+                          text=True, timeout=120, env=env)
+    if (ROOT / ".venv" / "bin" / "python").is_file():
+        assert bare.returncode == 0, bare.stderr
+        assert len(list((tmp_path / "s").glob("*.ipynb"))) >= 8
+    else:
+        assert bare.returncode == 1 and "make install" in bare.stderr
+    stuck = subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=60,
+                           env={**env, "_TIPSOMALY_REEXEC": "1"})
+    assert stuck.returncode == 1 and stuck.stderr.strip().count("\n") == 0
+    assert "tipsomaly_lite is not importable" in stuck.stderr and "make install" in stuck.stderr
+
+
+def test_a_notebook_cell_slower_than_the_limit_fails(tmp_path):
+    """notebooks/conftest.py fails an nbval cell slower than the offline limit, naming it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path / "conftest.py")
+    # The limit grows with the machine's load: 0.2 s x a load factor up to 15 stays under 3 s.
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("import time\ntime.sleep(3)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    env = {**os.environ, "TIPSOMALY_OFFLINE": "1", "TIPSOMALY_CELL_LIMIT_S": "0.2"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+           "--rootdir", str(tmp_path), str(tmp_path / "slow.ipynb")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert run.returncode == 1, run.stdout[-2000:]
+    assert "1 failed, 1 passed" in run.stdout and "more than the offline course's 0.2 s per cell" in run.stdout
+    assert "it starts: 'import time'" in run.stdout
+    env.pop("TIPSOMALY_OFFLINE")  # real mode: no limit
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path).returncode == 0
+
+
+def test_the_cell_limit_grows_with_a_shared_cpu_only(monkeypatch):
+    spec = importlib.util.spec_from_file_location("nb_conftest", ROOT / "notebooks" / "conftest.py")
+    limits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(limits)
+    monkeypatch.setattr(limits.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(limits.os, "getloadavg", lambda: (8.0, 1.0, 1.0))
+    assert limits.load_factor() == 4.0
+    monkeypatch.setattr(limits.os, "getloadavg", lambda: (0.5, 1.0, 1.0))
+    assert limits.load_factor() == 1.0  # an idle machine never lowers the limit
+    monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
+    monkeypatch.delenv(limits.LIMIT_ENV, raising=False)
+    assert limits.cell_limit_s() == limits.CELL_LIMIT_S == 20.0
+    monkeypatch.delenv("TIPSOMALY_OFFLINE")
+    assert limits.cell_limit_s() is None

@@ -37,13 +37,13 @@ def test_cli_demo_falls_back_to_tiny_and_says_so(tmp_path, capsys, monkeypatch):
     with pytest.warns(MeaninglessResultsWarning):
         assert main(["demo", "--out", str(tmp_path), "--size", "112"]) == 0
     out = capsys.readouterr().out
-    assert "similarity_maps.png" in out and "meaningless" in out
+    assert "similarity_maps.png" in out and "MEANINGLESS" in out
     assert (tmp_path / "similarity_maps.png").is_file()
 
 
-def test_cli_fetch_reports_unknown_variant():
-    with pytest.raises(KeyError, match="unknown TIPS variant"):
-        main(["fetch", "nonsense"])
+def test_cli_fetch_reports_unknown_variant(capsys):
+    assert main(["fetch", "nonsense"]) == 2  # a user error: one line, not a traceback (issue 11)
+    assert "unknown TIPS variant" in capsys.readouterr().err
 
 
 def test_fetch_script_lists_variants(capsys, monkeypatch):

@@ -13,7 +13,8 @@ import torch
 
 from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.method.detector import Detector, Prediction
-from tipsomaly_lite.eval.evaluation import METRICS, PAPER_RESULTS, EvaluationResult, evaluate, paper_table
+from tipsomaly_lite.eval.evaluation import (EXTRA_METRICS, METRICS, PAPER_RESULTS, EvaluationResult, benchmark_table,
+                                            evaluate, paper_table)
 from tipsomaly_lite.eval.metrics import MetricWarning, image_metrics, pixel_metrics
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 
@@ -38,9 +39,11 @@ def test_evaluate_equals_metrics_on_all_maps_at_once(tiny, toy):
         want = image_metrics([it["label"] for it in items], pred.image_score.numpy(), name=cls)
         want.update(pixel_metrics(pred.anomaly_map.numpy(), torch.stack([it["mask"][0] for it in items]).numpy(),
                                   aupro_mode="compat", name=cls))
-        for key in METRICS:
+        for key in METRICS + EXTRA_METRICS:
             assert result.per_class[cls][key] == pytest.approx(100 * want[key], abs=1e-6), key
-    for key in METRICS:
+        assert set(result.config["pixel_error_bounds"][cls]) == {"pixel_auroc", "pixel_ap", "pixel_f1_max",
+                                                                  "pixel_aupro"}
+    for key in METRICS + EXTRA_METRICS:
         assert result.mean[key] == pytest.approx(np.mean([m[key] for m in result.per_class.values()]))
     assert result.config["aupro_mode"] == "compat" and result.config["variant"] == "tiny"
     assert result.config["mode"] == "training_free" and result.config["image_size"] == SIZE
@@ -53,9 +56,13 @@ def test_result_files_and_paper_table(tiny, toy, tmp_path):
     md = paths["results.md"].read_text()
     assert "MEANINGLESS" in md and "| paper |" in md and "93.4" in md and "| **mean** |" in md
     rows = list(csv.reader(paths["results.csv"].open()))
-    assert rows[0] == ["dataset", "class"] + list(METRICS) and rows[-1][1] == "mean" and len(rows) == 4
+    # The paper's six columns in their order, then pixel AP (the paper's table itself stays six).
+    assert rows[0] == ["dataset", "class"] + list(METRICS) + ["pixel_ap"] and rows[-1][1] == "mean" and len(rows) == 4
+    assert "| P-AP |" in md and md.split("| paper |")[1].split("\n")[0].rstrip().endswith("| – |")
+    assert "P-AP" not in paper_table()
     data = json.loads(paths["results.json"].read_text())
     assert data["meaningless"] is True and set(data["per_class"]) == {"pill", "wood_grain"}
+    assert "pixel_ap" in data["mean"] and all("pixel_ap" in m for m in data["per_class"].values())
     config = json.loads(paths["config.json"].read_text())
     for key in ("variant", "image_size", "prompt_set", "aupro_mode", "tipsomaly_lite", "torch", "protocol",
                 "global_token", "pixel_prompts"):
@@ -152,3 +159,15 @@ def test_evaluation_memory_does_not_grow_with_the_dataset():
 def test_evaluate_rejects_unknown_aupro_mode(tiny, toy):
     with pytest.raises(ValueError, match="aupro_mode"):
         evaluate(Detector(tiny), toy, aupro_mode="fast", progress=False)
+
+
+def test_benchmark_table_keeps_the_six_columns_and_adds_pixel_ap_last(tiny, toy):
+    result = evaluate(Detector(tiny), toy, progress=False, dataset_name="mvtec")
+    table = benchmark_table({"mvtec": result})
+    head = [line for line in table.splitlines() if line.startswith("| dataset")][0]
+    assert head == "| dataset | I-AUROC | I-AP | I-F1max | P-AUROC | P-AUPRO | P-F1max | P-AP |"
+    assert "| mvtec (paper) |" in table and table.split("| mvtec (paper) |")[1].split("\n")[0].endswith("| – |")
+    # A result saved before pixel AP existed still prints, with the six columns only.
+    old = EvaluationResult(result.dataset, {c: {k: m[k] for k in METRICS} for c, m in result.per_class.items()},
+                           {k: result.mean[k] for k in METRICS}, result.config, result.scores)
+    assert "P-AP" not in old.to_markdown() and "P-AP" not in benchmark_table({"mvtec": old})

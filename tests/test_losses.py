@@ -149,3 +149,33 @@ def test_fused_loss_has_the_same_value_and_gradient(shape):
     assert torch.autograd.gradcheck(lambda p: fused_segmentation_loss(p, mask[:, :, :4, :3]), (probs,))
     with pytest.raises(ValueError, match="anomalous"):
         fused_segmentation_loss(probs[None], mask)
+
+
+def test_loss_terms_are_the_three_slow_terms_and_add_up():
+    from tipsomaly_lite.method.losses import LOSS_TERMS, segmentation_loss_terms
+
+    probs, mask = random_case(8, b=3)
+    terms = segmentation_loss_terms(probs, mask[:, None])
+    assert tuple(terms) == LOSS_TERMS
+    assert terms["focal"].item() == pytest.approx(slow_focal(probs, mask), rel=1e-5)
+    assert terms["dice_anomalous"].item() == pytest.approx(slow_dice(probs[:, 1], mask), rel=1e-5)
+    assert terms["dice_normal"].item() == pytest.approx(slow_dice(probs[:, 0], 1 - mask), rel=1e-5)
+    assert sum(t.item() for t in terms.values()) == pytest.approx(segmentation_loss(probs, mask).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="probs must be"):
+        segmentation_loss_terms(probs[:, :1], mask)
+
+
+def test_fused_loss_reports_the_same_terms_and_sums_them_over_calls():
+    from tipsomaly_lite.method.losses import fused_segmentation_loss, segmentation_loss_terms
+
+    g = torch.Generator().manual_seed(9)
+    u = torch.rand(2, 13, 9, generator=g, dtype=torch.float64)
+    mask = (torch.rand(2, 13, 9, generator=g) > 0.6).double()
+    terms: dict[str, float] = {}
+    total = fused_segmentation_loss(u, mask, terms=terms)
+    want = segmentation_loss_terms(torch.stack([1 - u, u], 1), mask)
+    for key, value in want.items():
+        assert terms[key] == pytest.approx(value.item(), rel=1e-12), key
+    assert sum(terms.values()) == pytest.approx(total.item(), rel=1e-12)
+    fused_segmentation_loss(u, mask, terms=terms)  # a second call adds
+    assert terms["focal"] == pytest.approx(2 * want["focal"].item(), rel=1e-12)

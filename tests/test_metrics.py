@@ -1,7 +1,8 @@
 """The metrics against slow, obviously-correct references written here (and against scikit-learn).
 
 Every reference loops over thresholds / pairs / regions explicitly, shares no code with
-``tipsomaly_lite.eval.metrics`` and is fed the same fp16-rounded values the accumulator sees.
+``tipsomaly_lite.eval.metrics`` and is fed the maps' own values (float64 of what was passed in): the
+accumulator must be exact on them, not on a rounded copy.
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ def ref_regions(masks, connectivity=8):
 
 
 def half(maps) -> np.ndarray:
-    """The fp16-rounded maps as float64, exactly what the accumulator bins."""
+    """The maps' values as float64 (bfloat16 widened): exactly what the metrics must be exact on."""
     if isinstance(maps, torch.Tensor):
         maps = maps.float().numpy() if maps.dtype == torch.bfloat16 else maps.numpy()
-    return np.asarray(maps).astype(np.float16).astype(np.float64)
+    return np.asarray(maps).astype(np.float64)
 
 
 def ref_aupro_standard(maps, masks, max_fpr=0.3, connectivity=8) -> float:
@@ -99,14 +100,19 @@ def ref_aupro_standard(maps, masks, max_fpr=0.3, connectivity=8) -> float:
 
 
 def ref_aupro_compat(maps, masks, max_fpr=0.3, steps=200, connectivity=8) -> float:
-    """The ZSAD papers' loop (docs/method.md §2.5), on float32 maps."""
-    amaps, masks = half(maps).astype(np.float32), np.asarray(masks).astype(bool)
+    """The authors' ``cal_pro_score`` loop (docs/method.md §2.5), on float32 tensors.
+
+    Thresholds as they build them: ``.item()`` of the float32 min and max (Python floats), a float64
+    step, ``torch.arange`` (float32, torch's default dtype), and ``amaps > th`` in float32.
+    """
+    amaps = torch.from_numpy(half(maps).astype(np.float32))
+    masks = np.asarray(masks).astype(bool)
     regions = ref_regions(masks, connectivity)
-    mn, mx = amaps.min(), amaps.max()
+    mn, mx = amaps.min().item(), amaps.max().item()
     delta = (mx - mn) / steps
     fprs, pros = [], []
-    for th in np.arange(mn, mx, delta):
-        binary = amaps > th
+    for th in torch.arange(mn, mx, delta):
+        binary = (amaps > th).numpy()
         fprs.append((binary & ~masks).sum() / (~masks).sum())
         pros.append(np.mean([binary[i][r].sum() / r.sum() for i, r in regions]))
     fprs, pros = np.array(fprs), np.array(pros)
@@ -124,7 +130,9 @@ def check_pixels(maps, masks, connectivity=8, compat=True):
     h, m = half(maps), np.asarray(masks).astype(bool)
     acc = PixelAccumulator(connectivity=connectivity)
     acc.add(maps, masks)
+    assert acc.is_exact and acc.error_bounds() == dict.fromkeys(M.PIXEL_METRICS, 0.0)
     assert acc.pixel_auroc() == pytest.approx(ref_auroc(m, h), abs=TOL)
+    assert acc.pixel_ap() == pytest.approx(ref_ap(m, h), abs=TOL)
     assert acc.pixel_f1_max() == pytest.approx(ref_f1_max(m, h), abs=TOL)
     for max_fpr in (0.3, 0.05, 1.0):
         assert acc.aupro("standard", max_fpr=max_fpr) == pytest.approx(
@@ -140,8 +148,12 @@ def check_pixels(maps, masks, connectivity=8, compat=True):
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-def random_case(seed, n=4, size=24, levels=None, offset=0.0):
-    """Maps = noise + a bump in random rectangles/dots; about half the images normal."""
+def random_case(seed, n=4, size=24, levels=4096, offset=0.0):
+    """Maps = noise + a bump in random rectangles/dots; about half the images normal.
+
+    Values are multiples of ``1/levels``: with ``4096`` each histogram bin holds one value, so every
+    pixel metric must be exact (continuous maps are tested against their error bounds below).
+    """
     rng = np.random.default_rng(seed)
     masks = np.zeros((n, size, size), bool)
     for i in range(n):
@@ -220,14 +232,16 @@ def test_pixel_metrics_match_references(seed):
     acc = check_pixels(maps, masks)
     h = half(maps).ravel()
     assert acc.pixel_auroc() == pytest.approx(roc_auc_score(masks.ravel(), h), abs=TOL)
+    assert acc.pixel_ap() == pytest.approx(average_precision_score(masks.ravel(), h), abs=TOL)
     p, r, _ = precision_recall_curve(masks.ravel(), h)
     with np.errstate(invalid="ignore"):
         assert acc.pixel_f1_max() == pytest.approx(np.nanmax(2 * p * r / (p + r)), abs=TOL)
     out = M.pixel_metrics(maps, masks, aupro_mode="compat")
-    assert out == {"pixel_auroc": acc.pixel_auroc(), "pixel_f1_max": acc.pixel_f1_max(),
+    assert out == {"pixel_auroc": acc.pixel_auroc(), "pixel_ap": acc.pixel_ap(), "pixel_f1_max": acc.pixel_f1_max(),
                    "pixel_aupro": acc.aupro("compat")}
     assert M.aupro(maps, masks) == acc.aupro()
     assert M.pixel_auroc(maps, masks) == acc.pixel_auroc() and M.pixel_f1_max(maps, masks) == acc.pixel_f1_max()
+    assert M.pixel_ap(maps, masks) == acc.pixel_ap()
 
 
 def test_standard_and_compat_aupro_differ():
@@ -317,7 +331,7 @@ def test_negative_values_and_signed_zero():
     maps, masks = random_case(21, offset=-2.0)
     maps[0, :3] = -0.0
     maps[1, :3] = 0.0
-    maps[0, 3, :5] = -1e-7  # float16 subnormals, negative
+    maps[0, 3, :5] = -1e-7  # tiny negatives next to the zeros
     check_pixels(maps, masks)
     # -0.0 and +0.0 are one value: a tie, AUROC 0.5.
     tie_maps = np.array([[[-0.0, 0.0], [-0.0, 0.0]]], np.float32)
@@ -325,13 +339,14 @@ def test_negative_values_and_signed_zero():
     assert M.pixel_auroc(tie_maps, tie_masks) == 0.5
 
 
-def test_keys_sort_like_float16_values():
-    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    values = bits.view(np.float16).astype(np.float64)
-    ok = ~np.isnan(values) & (bits != 0x8000)  # -0.0 is mapped to +0.0 before keying
-    keys = M._bits_to_keys(bits)[ok].astype(np.int64)
-    assert np.unique(keys).size == ok.sum()
-    assert np.all(np.diff(values[ok][np.argsort(keys)]) > 0)
+def test_grid_exponent_is_the_smallest_that_covers_the_range():
+    for lo, hi in ((0.0, 1.0), (0.49, 0.51), (1000.0, 1000.5), (-3.0, 2.5), (7.0, 7.0), (0.0, 0.0), (-1e300, 1e300)):
+        e = M._exponent_for(lo, hi, 64, M._E_MIN)
+
+        def ok(e):
+            small = math.ldexp(max(abs(lo), abs(hi)), -e) < 2.0**53  # bin numbers are exact integers
+            return small and math.floor(math.ldexp(hi, -e)) - math.floor(math.ldexp(lo, -e)) <= 63
+        assert ok(e) and (e == M._E_MIN or not ok(e - 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -383,8 +398,8 @@ def test_pixel_inputs_are_validated():
     bad[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="anomaly_maps holds 1 NaN"):
         acc.add(bad, masks)
-    bad[1, 2, 3] = 1e6  # infinite in float16
-    with pytest.raises(ValueError, match="infinite in float16"):
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match="0 NaN and 1 infinite"):
         acc.add(bad, masks)
     with pytest.raises(ValueError, match="masks must hold only 0 and 1"):
         acc.add(maps, masks * 2)
@@ -407,3 +422,249 @@ def test_no_warning_when_defined():
         warnings.simplefilter("error")
         M.pixel_metrics(maps, masks, aupro_mode="compat")
         M.image_metrics([0, 1, 1], [0.2, 0.3, 0.1])
+
+
+# ------------------------------------------------------------------------------------------ the authors' thresholds
+
+def issue_case():
+    """The (1, 4, 8) map on which ``np.arange`` thresholds and the authors' ``torch.arange`` disagree."""
+    maps = np.zeros((1, 4, 8), np.float32)
+    maps[0, 0, :3] = [1, 0.125, 0.125]
+    maps[0, 1, :2] = 0.125
+    maps[0, 2, 0] = 0.126953125
+    masks = np.zeros(maps.shape, bool)
+    masks[0, 0, :4] = True
+    return maps, masks
+
+
+def test_compat_thresholds_are_torch_arange_in_float32():
+    ths = M.compat_thresholds(0.0, 1.0, 200)
+    assert ths.dtype == np.float32 and ths.size == 200
+    assert ths[25] == 0.125  # np.arange on float32 bounds gives 0.12499999720603228
+    assert np.arange(np.float32(0), np.float32(1), np.float32(1) / np.float32(200))[25] != 0.125
+    for lo, hi, steps in ((0.0, 1.0, 200), (0.1, 0.7, 200), (-3.25, 17.0, 37), (1000.0, 1000.01, 200)):
+        lo32, hi32 = float(np.float32(lo)), float(np.float32(hi))
+        want = torch.arange(lo32, hi32, (hi32 - lo32) / steps).numpy()  # the authors' line, default dtype
+        np.testing.assert_array_equal(M.compat_thresholds(lo32, hi32, steps), want)
+    with pytest.raises(ValueError, match="max_value must be > min_value"):
+        M.compat_thresholds(1.0, 1.0)
+
+
+def test_compat_aupro_matches_the_authors_on_the_issue_case():
+    maps, masks = issue_case()
+    assert M.aupro(maps, masks, "compat") == pytest.approx(0.4166667, abs=1e-7)
+    assert ref_aupro_compat(maps, masks) == pytest.approx(0.4166667, abs=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compat_aupro_matches_the_authors_on_maps_from_zero(seed):
+    # Maps whose minimum is exactly 0 and whose values sit on multiples of 1/256: many fall on a threshold.
+    maps, masks = random_case(seed, n=3, size=16, levels=256)
+    maps = np.clip(maps, 0, None) / maps.max()
+    maps = np.round(maps * 256) / 256
+    assert M.aupro(maps.astype(np.float32), masks, "compat") == pytest.approx(ref_aupro_compat(maps, masks), abs=TOL)
+
+
+# ------------------------------------------------------------------------------------------ precision on any maps
+
+def hard_case(kind, seed=0, n=4, size=96):
+    """Float32 maps with (almost) every pixel distinct: ``narrow`` (packed near 0.5, as the authors'
+    pipeline gives on random weights) or ``shifted`` (logits + 1000)."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), bool)
+    for i in range(n):
+        y, x = rng.integers(0, size - 30, 2)
+        masks[i, y:y + 25, x:x + 20] = True
+    logits = ndimage.gaussian_filter(rng.normal(size=masks.shape), (0, 1.5, 1.5)) * 4 + 0.8 * masks
+    maps = 0.5 + 0.01 * logits if kind == "narrow" else logits + 1000
+    return maps.astype(np.float32), masks
+
+
+@pytest.mark.parametrize("kind", ["narrow", "shifted"])
+def test_narrow_and_shifted_maps_agree_with_sklearn(kind):
+    # The issue's tolerances: 1e-4 for AUROC and AUPRO, 1e-3 for F1-max (and AP); every difference is
+    # also within the bound the accumulator proves, and no warning is raised.
+    maps, masks = hard_case(kind)
+    y, s = masks.ravel(), maps.astype(np.float64).ravel()
+    p, r, _ = precision_recall_curve(y, s)
+    with np.errstate(invalid="ignore"):
+        exact = {"pixel_auroc": roc_auc_score(y, s), "pixel_ap": average_precision_score(y, s),
+                 "pixel_f1_max": np.nanmax(2 * p * r / (p + r))}
+    # float16 keys (the old accumulator) would have been off by far more than the tolerances.
+    s16 = s.astype(np.float16).astype(np.float64)
+    p16, r16, _ = precision_recall_curve(y, s16)
+    with np.errstate(invalid="ignore"):
+        assert abs(np.nanmax(2 * p16 * r16 / (p16 + r16)) - exact["pixel_f1_max"]) > 1e-3
+    acc = PixelAccumulator()
+    acc.add(maps, masks)
+    assert np.unique(s).size > 20000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = acc.compute()
+    exact["pixel_aupro"] = ref_aupro_standard(s.reshape(maps.shape), masks)
+    bounds = acc.error_bounds()
+    for key, value in exact.items():
+        assert abs(out[key] - value) <= bounds[key] + 1e-12, key
+        assert bounds[key] <= M.PIXEL_TOLERANCE[key], key
+    if kind == "shifted":  # 1000 + logits: float32 spacing 6e-5 is coarser than the bins, one value each
+        assert acc.is_exact and out == pytest.approx(exact, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["narrow", "shifted"])
+def test_shared_bins_stay_within_their_bounds_and_warn(kind):
+    maps, masks = hard_case(kind, size=48)
+    y, s = masks.ravel(), maps.astype(np.float64).ravel()
+    acc = PixelAccumulator(bins=64)  # far too few: most bins hold many values
+    acc.add(maps, masks)
+    assert not acc.is_exact
+    bounds = acc.error_bounds()
+    p, r, _ = precision_recall_curve(y, s)
+    with np.errstate(invalid="ignore"):
+        exact = {"pixel_auroc": roc_auc_score(y, s), "pixel_ap": average_precision_score(y, s),
+                 "pixel_f1_max": np.nanmax(2 * p * r / (p + r)),
+                 "pixel_aupro": ref_aupro_standard(s.reshape(maps.shape), masks)}
+    with pytest.warns(MetricWarning, match=r"class 'cls': pixel .* may be off by up to .* histogram bins"):
+        acc.name = "cls"
+        out = acc.compute()
+    for key, value in exact.items():
+        assert abs(out[key] - value) <= bounds[key] + 1e-12, key
+    assert 0 < bounds["pixel_auroc"] < 0.05
+
+
+# ------------------------------------------------------------------------------------------ merging
+
+def test_merge_equals_one_accumulator_whatever_the_split():
+    maps, masks = hard_case("narrow", n=6, size=32)
+    maps[3:] *= 4.0  # the first share spans a wider range: the grids differ until merged
+    whole = PixelAccumulator()
+    whole.add(maps, masks)
+    first, second = PixelAccumulator(), PixelAccumulator()
+    first.add(maps[3:], masks[3:])
+    second.add(maps[:3], masks[:3])
+    assert first.bin_width != second.bin_width
+    snapshot = second.state_dict()
+    assert first.merge(second) is first
+    for key in ("normal", "anomalous", "bin_min", "bin_max", "exponent", "origin", "n_images", "n_regions"):
+        assert np.array_equal(first.state_dict()[key], whole.state_dict()[key]), key
+    np.testing.assert_allclose(first.state_dict()["pro_weight"], whole.state_dict()["pro_weight"], rtol=1e-12)
+    for mode in AUPRO_MODES:
+        got, want = first.compute(mode), whole.compute(mode)
+        assert got == pytest.approx(want, abs=1e-12)
+    assert np.array_equal(second.state_dict()["normal"], snapshot["normal"])  # other is left as it was
+
+
+def test_expand_to_puts_processes_on_one_grid_for_an_elementwise_reduce():
+    maps, masks = hard_case("shifted", n=4, size=32)
+    accs = [PixelAccumulator(), PixelAccumulator()]
+    accs[0].add(maps[:2], masks[:2])
+    accs[1].add(maps[2:] - 5.0, masks[2:])
+    lo = min(a.state_dict()["range_lo"] for a in accs)  # what an all-reduce(MIN/MAX) would give
+    hi = max(a.state_dict()["range_hi"] for a in accs)
+    for a in accs:
+        a.expand_to(lo, hi)
+    states = [a.state_dict() for a in accs]
+    assert states[0]["exponent"] == states[1]["exponent"] and states[0]["origin"] == states[1]["origin"]
+    reduced = dict(states[0])
+    for key in ("normal", "anomalous", "pro_weight", "n_images", "n_normal", "n_anomalous", "n_regions"):
+        reduced[key] = states[0][key] + states[1][key]
+    reduced["bin_min"] = np.minimum(states[0]["bin_min"], states[1]["bin_min"])
+    reduced["bin_max"] = np.maximum(states[0]["bin_max"], states[1]["bin_max"])
+    reduced["min"], reduced["max"] = min(s["min"] for s in states), max(s["max"] for s in states)
+    whole = PixelAccumulator()
+    whole.add(np.concatenate([maps[:2], maps[2:] - 5.0]), masks)
+    assert PixelAccumulator.from_state_dict(reduced).compute("compat") == pytest.approx(whole.compute("compat"),
+                                                                                         abs=1e-12)
+
+
+def test_state_dict_round_trip_and_hostile_states():
+    maps, masks = random_case(3)
+    acc = PixelAccumulator(name="bottle", connectivity=4)
+    acc.add(maps, masks)
+    back = PixelAccumulator.from_state_dict(acc.state_dict())
+    assert back.compute("compat") == acc.compute("compat") and back.connectivity == 4 and back.name == "bottle"
+    empty = PixelAccumulator.from_state_dict(PixelAccumulator(connectivity=4).state_dict())
+    assert empty.merge(acc).compute() == acc.compute()
+    with pytest.raises(ValueError, match="format"):
+        PixelAccumulator.from_state_dict({"normal": []})
+    bad = acc.state_dict()
+    bad["normal"] = bad["normal"][:10]
+    with pytest.raises(ValueError, match=r"state\['normal'\] must have shape"):
+        PixelAccumulator.from_state_dict(bad)
+    bad = acc.state_dict()
+    del bad["n_regions"]
+    with pytest.raises(ValueError, match="lacks"):
+        PixelAccumulator.from_state_dict(bad)
+    with pytest.raises(ValueError, match="same connectivity and bins"):
+        PixelAccumulator().merge(acc)
+    with pytest.raises(ValueError, match="bins"):
+        PixelAccumulator(bins=1)
+    with pytest.raises(ValueError, match="finite lo <= hi"):
+        acc.expand_to(1.0, 0.0)
+
+
+def test_the_grid_does_not_depend_on_the_order_of_the_images():
+    maps, masks = hard_case("narrow", n=4, size=32)
+    maps[1] *= 3.0
+    one, other = PixelAccumulator(), PixelAccumulator()
+    for i in (0, 1, 2, 3):
+        one.add(maps[i], masks[i])
+    for i in (1, 3, 0, 2):
+        other.add(maps[i], masks[i])
+    a, b = one.state_dict(), other.state_dict()
+    for key in ("exponent", "origin", "normal", "anomalous", "bin_min", "bin_max"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_memory_is_bounded_for_a_large_dataset():
+    # A 2,000-image, 518 px class: the state is what it is for one image (5 arrays of 2**18).
+    assert PixelAccumulator().nbytes == 5 * 8 * M.DEFAULT_BINS <= 11 * 2**20
+
+
+# ------------------------------------------------------------------------------------------ bool and int scores
+
+def test_bool_and_int_scores_are_accepted():
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    scores = np.array([False, True, False, False, True, True])
+    assert M.image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    assert M.image_ap(labels.astype(bool), scores) == pytest.approx(average_precision_score(labels, scores))
+    assert M.image_metrics(labels, scores.astype(int))["image_auroc"] == M.image_auroc(labels, scores)
+    maps, masks = random_case(4)
+    pred = maps > 0.5
+    assert M.pixel_auroc(pred, masks) == pytest.approx(roc_auc_score(masks.ravel(), pred.ravel()), abs=TOL)
+    assert M.pixel_ap(torch.from_numpy(pred), masks) == pytest.approx(
+        average_precision_score(masks.ravel(), pred.ravel()), abs=TOL)
+    assert M.pixel_f1_max(pred.astype(np.int64), masks) == M.pixel_f1_max(pred, masks)
+    with pytest.raises(ValueError, match="float, int or bool"):
+        M.image_auroc([0, 1], np.array(["a", "b"]))
+
+
+def test_a_constant_first_image_then_a_wide_one_regrids_exactly():
+    # The first image pins the grid to the finest exponent; later ones (negative, far away) coarsen it.
+    maps, masks = random_case(6, n=3)
+    maps[0] = 0.0
+    maps[2] -= 1000.0
+    streamed, whole = PixelAccumulator(), PixelAccumulator()
+    for m, g in zip(maps, masks):
+        streamed.add(m, g)
+    whole.add(maps, masks)
+    a, b = streamed.state_dict(), whole.state_dict()
+    for key in ("exponent", "origin", "normal", "anomalous", "bin_min", "bin_max"):
+        assert np.array_equal(a[key], b[key]), key
+    # 1000 wide over 2**18 bins: bins of 1/256 hold several of these 1/4096 steps; within the bound.
+    h = half(maps).ravel()
+    bound = streamed.error_bounds()["pixel_auroc"]
+    assert bound > 0
+    assert abs(streamed._auroc()[0] - roc_auc_score(masks.ravel(), h)) <= bound + TOL
+
+
+def test_error_bounds_are_silent_and_nan_when_undefined():
+    maps = np.full((1, 6, 6), 0.5, np.float32)
+    masks = np.zeros(maps.shape, bool)
+    masks[0, :2, :2] = True
+    acc = PixelAccumulator()
+    acc.add(maps, masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert acc.error_bounds("compat")["pixel_aupro"] == 0.0  # constant maps: compat is nan, bound 0
+    empty = PixelAccumulator()
+    assert all(math.isnan(v) for v in empty.error_bounds().values())

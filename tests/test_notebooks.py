@@ -21,7 +21,8 @@ from tipsomaly_lite.course.session import REPOSITORY
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 COURSE = ["00_setup", "01_loading_tips", "02_spatial_alignment", "03_fixed_prompts",
-          "04_learnable_pixel_prompts", "05_local_to_global_fusion", "06_benchmark", "07_your_own_images"]
+          "04_learnable_pixel_prompts", "05_local_to_global_fusion", "06_benchmark", "07_your_own_images",
+          "08_backbones"]
 VIZ_NAMES = re.compile(r"\b(show_images|plot_\w+|overlay_anomaly_map)\(")
 
 
@@ -168,3 +169,67 @@ def test_taught_in_links_are_true():
                 f"{where} says it is taught in {target}, but the notebook never names {named}"
     taught = {Path(t).stem for t in links}
     assert taught == set(COURSE), f"every notebook teaches some package name; none points at {set(COURSE) - taught}"
+
+
+# ---------------------------------------------------------------- one place names the repository and release
+
+def test_the_repository_is_named_in_one_place():
+    """pyproject's [project.urls], the badges, the setup cells and the READMEs all follow session.REPOSITORY."""
+    import tomllib
+
+    from tipsomaly_lite.course.session import pinned_install, repository_url
+
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
+    assert urls["Repository"] == repository_url()
+    assert pinned_install() == f"tipsomaly_lite @ git+https://github.com/{REPOSITORY}@v{tipsomaly_lite.__version__}"
+    texts = {f"{n}.ipynb": (NOTEBOOKS / f"{n}.ipynb").read_text(encoding="utf-8") for n in COURSE}
+    texts["README.md"] = (ROOT / "README.md").read_text(encoding="utf-8")
+    texts["notebooks/README.md"] = (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    for where, text in texts.items():
+        for repo in re.findall(r"(?:colab\.research\.google\.com/github|github\.com)/([\w.-]+/[\w.-]+)", text):
+            assert repo == REPOSITORY, f"{where} points at {repo}, not {REPOSITORY} (session.REPOSITORY)"
+        for tag in re.findall(rf"{re.escape(REPOSITORY)}@(v[\w.]+)", text):
+            assert tag == f"v{tipsomaly_lite.__version__}", f"{where} pins {tag}, not v{tipsomaly_lite.__version__}"
+
+
+def test_setup_cells_install_the_pinned_release_and_say_so_when_it_fails(notebook):
+    from tipsomaly_lite.course.session import colab_badge_url, pinned_install
+
+    name, nb = notebook
+    assert colab_badge_url(name) in _src(nb["cells"][0])
+    (setup,) = [c for c in nb["cells"] if "setup" in _tags(c)]
+    s = _src(setup)
+    assert f'COURSE_RELEASE = "{pinned_install()}"' in s and '%pip install -q "{COURSE_RELEASE}"' in s
+    assert "[dev" not in s, f"{name}: the setup cell installs dev extras"
+    assert "Could not install" in s and "SystemExit" in s, f"{name}: a failed install says what to do"
+
+
+def test_no_notebook_downloads_without_being_asked(notebook):
+    """Every notebook passes its DOWNLOAD parameter to start(), which downloads only in Colab or when asked."""
+    name, nb = notebook
+    (params,) = [c for c in nb["cells"] if "parameters" in _tags(c)]
+    assert re.search(r"^DOWNLOAD\s*=\s*None\b", _src(params), re.M), f"{name}: DOWNLOAD = None in the parameters"
+    code = "\n".join(_src(c) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "download=DOWNLOAD" in code, f"{name}: start(..., download=DOWNLOAD)"
+
+
+def test_what_the_course_tells_a_user_to_run_comes_with_the_package(notebook):
+    """A pip user has no data_scripts/: every `tipsomaly <command>` named in a notebook exists."""
+    from tipsomaly_lite.cli import build_parser
+
+    name, nb = notebook
+    text = "\n".join(_src(c) for c in nb["cells"])
+    assert "data_scripts" not in text, f"{name} tells a user to run data_scripts/, which a pip install lacks"
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    for command in re.findall(r"\btipsomaly (\w[\w-]*)", text):
+        assert command in commands, f"{name} names `tipsomaly {command}`, which the CLI lacks"
+
+
+def test_readmes_tell_a_user_how_to_open_the_course_and_colab_installs_no_dev_extras():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    notes = (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    assert "data_scripts" not in notes
+    assert "make lab" in notes and "make student" in notes and "checks.hint" in notes
+    assert "git tag" in notes and "git push" in notes, "notebooks/README.md says how to publish so badges work"
+    colab = readme.split("## Colab")[1].split("\n## ")[0] if "## Colab" in readme else ""
+    assert "[dev" not in colab, "README's Colab snippet installs the dev extras"

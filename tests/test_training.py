@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.method.feature_cache import FeatureCache
@@ -78,6 +80,9 @@ def test_cache_key_changes_when_the_image_changes(tiny, tmp_path):
     path = ds.root / ds.samples[0]["img_path"]
     before = cache.key(path)
     os.utime(path, ns=(1, 1))
+    assert cache.key(path) == before  # the key follows the content, not the modification time
+    with Image.open(path) as im:
+        Image.fromarray(255 - np.asarray(im)).save(path)
     assert cache.key(path) != before
 
 
@@ -170,3 +175,90 @@ def test_backward_step_equals_the_plain_loss_backward(tiny, toy):
     assert got == pytest.approx(want[0], rel=1e-5)
     torch.testing.assert_close(learner.normal.grad, want[1], rtol=1e-4, atol=1e-5 * float(want[1].abs().max()))
     torch.testing.assert_close(learner.anomalous.grad, want[2], rtol=1e-4, atol=1e-5 * float(want[2].abs().max()))
+
+
+# ------------------------------------------------------------------------ data order, loss terms, the start
+
+def _record_order(monkeypatch):
+    import tipsomaly_lite.method.training as training
+
+    seen, original = [], training._batch
+    monkeypatch.setattr(training, "_batch", lambda model, ds, cache, idx: seen.append(list(idx)) or
+                        original(model, ds, cache, idx))
+    return seen
+
+
+def test_default_order_is_the_dataset_order_every_epoch_like_the_authors(tiny, toy, monkeypatch):
+    assert TrainConfig().shuffle is False
+    seen = _record_order(monkeypatch)
+    train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=3), progress=False)
+    n = len(toy)
+    epoch = [i for batch in seen[:len(seen) // 2] for i in batch]
+    assert epoch == list(range(n)) and [i for batch in seen[len(seen) // 2:] for i in batch] == list(range(n))
+
+
+def test_shuffle_reshuffles_every_epoch_from_the_seed(tiny, toy, monkeypatch, tmp_path):
+    seen = _record_order(monkeypatch)
+    train_prompts(tiny, toy, TrainConfig(epochs=2, batch_size=3, shuffle=True), tmp_path / "s", progress=False)
+    half = len(seen) // 2
+    first, second = ([i for b in seen[:half] for i in b], [i for b in seen[half:] for i in b])
+    assert sorted(first) == sorted(second) == list(range(len(toy)))
+    assert first != second and first != list(range(len(toy)))
+    assert first == torch.randperm(len(toy), generator=torch.Generator().manual_seed(111 + 1)).tolist()
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["train"]["shuffle"] is True
+    # The data order is part of the run: resuming with the other setting is refused.
+    with pytest.raises(ValueError, match="shuffle"):
+        train_prompts(tiny, toy, TrainConfig(epochs=3, batch_size=3), tmp_path / "s", progress=False)
+
+
+def test_history_records_the_three_loss_terms(tiny, toy, tmp_path):
+    result = train_prompts(tiny, toy, TrainConfig(epochs=1, batch_size=4), tmp_path / "r", progress=False)
+    saved = json.loads((tmp_path / "r" / "history.json").read_text())["steps"]
+    for rows in (result.history, saved):
+        for row in rows:
+            assert {"focal", "dice_anomalous", "dice_normal"} <= set(row)
+            assert row["focal"] + row["dice_anomalous"] + row["dice_normal"] == pytest.approx(row["loss"], rel=1e-5)
+            assert 0 < row["focal"] and 0 <= row["dice_normal"] <= 1 and 0 <= row["dice_anomalous"] <= 1
+
+
+def test_training_starts_from_given_prompts(tiny, toy, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=4)
+    default = train_prompts(tiny, toy, cfg, progress=False)
+    # The seeded random start, passed explicitly, gives the very same run.
+    seeded = PromptLearner(tiny, generator=torch.Generator().manual_seed(111)).prompts()
+    same = train_prompts(tiny, toy, cfg, progress=False, initial_prompts=seeded)
+    torch.testing.assert_close(same.prompts(), default.prompts(), rtol=0, atol=0)
+    other = PromptLearner(tiny, generator=torch.Generator().manual_seed(5)).prompts()
+    moved = train_prompts(tiny, toy, cfg, tmp_path / "g", progress=False, initial_prompts=other)
+    assert not torch.equal(moved.prompts()[0], default.prompts()[0])
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["initial_prompts"].startswith("given: sha256")
+    with pytest.raises(ValueError, match="n_tokens = 8"):
+        train_prompts(tiny, toy, cfg, progress=False, initial_prompts=(other[0][:3], other[1][:3]))
+    bad = other[0].clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        train_prompts(tiny, toy, cfg, progress=False, initial_prompts=(bad, other[1]))
+    with pytest.raises(ValueError, match="a pair"):
+        train_prompts(tiny, toy, cfg, progress=False, initial_prompts=other[0])
+
+
+def test_cli_train_init_prompts_and_shuffle(tiny, toy, tmp_path, capsys):
+    import warnings
+
+    from tipsomaly_lite.cli import main
+    from tipsomaly_lite.offline import MeaninglessResultsWarning
+
+    first = tmp_path / "first"
+    common = ["--dataset", "toy", "--data-root", str(toy.root.parent), "--image-size", str(SIZE), "--quiet",
+              "--epochs", "1", "--batch-size", "4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MeaninglessResultsWarning)
+        assert main(["train", *common, "--out", str(first)]) == 0
+        assert main(["train", *common, "--out", str(tmp_path / "second"), "--init-prompts", str(first),
+                     "--shuffle"]) == 0
+        assert main(["train", *common, "--out", str(tmp_path / "third"), "--init-prompts",
+                     str(tmp_path / "nowhere")]) == 2
+    config = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert config["train"]["shuffle"] is True and config["initial_prompts"].startswith("given")
+    assert json.loads((first / "config.json").read_text())["initial_prompts"].startswith("random")
+    assert "nowhere" in capsys.readouterr().err

@@ -16,23 +16,37 @@ from typing import Any
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT
 
 #: Backbone families this package can load, and the default one.
-FAMILIES = ("tips",)
+FAMILIES = ("tips", "clip", "siglip2")
 DEFAULT_FAMILY = "tips"
 
 
-def load_backbone(variant: str | None = None, *, family: str = DEFAULT_FAMILY, **kwargs: Any):
+def load_backbone(variant: str | None = None, *, family: str | None = None, **kwargs: Any):
     """Load a frozen backbone that implements :class:`~tipsomaly_lite.backbones.base.Backbone`.
 
     Args:
-        variant: which checkpoint of the family (TIPS: ``"l14-hr"``, ``"v2-b14"``, ``"tiny"``,
-            ``"hf:<repo or folder>"``); the family's default when None.
-        family: the model family (only ``"tips"`` so far).
-        **kwargs: passed to the family's loader (TIPS: :func:`~tipsomaly_lite.backbones.tips.model.load_tips`).
+        variant: which checkpoint of the family: TIPS ``"l14-hr"``, ``"v2-b14"``..., CLIP ``"l14-336"``,
+            SigLIP2 ``"so400m-256"``..., ``"tiny"`` (offline, random) or ``"hf:<hub id or local folder>"``;
+            the family's default when None.
+        family: ``"tips"`` (default), ``"clip"`` or ``"siglip2"``; read from an ``hf:`` spec when omitted.
+        **kwargs: passed to the family's loader (``image_size``, ``device``, ``download``...; TIPS:
+            :func:`~tipsomaly_lite.backbones.tips.model.load_tips`, the others:
+            :func:`~tipsomaly_lite.backbones.hf.load_hf_backbone`).
     Raises:
         ValueError: unknown family.
+    Taught in notebooks/08_backbones.ipynb.
     """
+    if family is None and variant and variant.startswith("hf:"):
+        from tipsomaly_lite.backbones.hf import hf_family_for
+
+        family = hf_family_for(variant)
+    family = family or DEFAULT_FAMILY
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone family {family!r}; expected one of {FAMILIES}")
-    from tipsomaly_lite.backbones.tips.model import load_tips
+    if family == "tips":
+        from tipsomaly_lite.backbones.tips.model import load_tips
 
-    return load_tips(variant or DEFAULT_VARIANT, **kwargs)
+        return load_tips(variant or DEFAULT_VARIANT, **kwargs)
+    from tipsomaly_lite.backbones.hf import load_hf_backbone
+
+    kwargs.pop("fallback_to_tiny", None)
+    return load_hf_backbone(variant, family=family, **kwargs)

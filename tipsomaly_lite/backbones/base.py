@@ -17,12 +17,13 @@ Taught in notebooks/01_loading_tips.ipynb.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Backbone", "l2_normalize", "NORM_EPS"]
+__all__ = ["Backbone", "l2_normalize", "NORM_EPS", "weights_fingerprint"]
 
 #: The method's normalisation floor: ``x / max(||x||, NORM_EPS)`` (docs/method.md, Eq. 1).
 NORM_EPS = 1e-3
@@ -37,6 +38,27 @@ def l2_normalize(x: Tensor, eps: float = NORM_EPS) -> Tensor:
         ``(..., D)`` with unit norm where ``||x|| >= eps``.
     """
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def weights_fingerprint(module: nn.Module, header: str) -> str:
+    """SHA-256 (first 16 hex digits) of ``header`` (architecture, config...) and every tensor of ``module``'s state.
+
+    Remembered on the module until any of those tensors is changed in place (their version counters are
+    compared), so asking again is free for a frozen model and never stale for an edited one.
+    """
+    tensors = list(module.state_dict().items())
+    versions = (header, tuple(t._version for _, t in tensors))
+    cached = module.__dict__.get("_fingerprint")
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    h = hashlib.sha256(header.encode())
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()[:16]
+    module.__dict__["_fingerprint"] = (versions, digest)
+    return digest
 
 
 @runtime_checkable

@@ -22,12 +22,76 @@ from tipsomaly_lite.backbones.tips.checkpoints import PATCH_SIZE
 
 ImageLike = Union[Image.Image, np.ndarray, Tensor, str, os.PathLike]
 
+#: Largest image we decode, in pixels (width x height): 40 MP, far above any benchmark (MVTec AD's
+#: largest is 1 MP) and well below PIL's own 89 MP bomb warning, so a crafted header cannot make
+#: us allocate gigabytes.
+MAX_PIXELS = 40_000_000
+#: Smallest side we accept: a 1x1 "image" carries no pattern to score and breaks the overlays.
+MIN_SIDE = 2
 
-def check_size(size: int, name: str = "size") -> int:
-    """Return ``size`` if it is a positive multiple of 14, else raise ``ValueError`` naming ``name``."""
-    if not isinstance(size, (int, np.integer)) or size <= 0 or size % PATCH_SIZE:
-        raise ValueError(f"{name} must be a positive multiple of {PATCH_SIZE} (448 native, 518 in the paper), "
-                         f"got {size!r}")
+
+def check_image_file(path: str | os.PathLike) -> Path:
+    """Return ``path`` if it is a regular file, else raise naming it (a FIFO or device would hang).
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: a folder, FIFO, socket or device.
+    """
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such image file") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise ValueError(f"{path}: is {kind}, not an image file; refusing to read it")
+    return path
+
+
+def check_pixels(img: Image.Image, where: str | os.PathLike) -> Image.Image:
+    """Return ``img`` if its header size lies within [MIN_SIDE, MAX_PIXELS], else raise naming ``where``.
+
+    Checked on the header, before the pixels are decoded.
+    """
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"{where}: image is {width}x{height} = {width * height} pixels, over the "
+                         f"{MAX_PIXELS}-pixel cap; refusing to decode it (shrink it first)")
+    if min(width, height) < MIN_SIDE:
+        raise ValueError(f"{where}: image is {width}x{height}; at least {MIN_SIDE}x{MIN_SIDE} pixels "
+                         "are needed")
+    return img
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and decode an image file after checking it is a regular file within the pixel cap.
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: not a regular file, not an image, corrupt, or outside the size limits
+            (the message names the file).
+    """
+    path = check_image_file(path)
+    try:
+        img = Image.open(path)
+        check_pixels(img, path)
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: image is too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: cannot read image: {exc}") from exc
+    return img
+
+
+def check_size(size: int, name: str = "size", multiple: int = PATCH_SIZE) -> int:
+    """Return ``size`` if it is a positive multiple of ``multiple`` (the patch size: 14 for TIPS), else raise
+    ``ValueError`` naming ``name``."""
+    if not isinstance(size, (int, np.integer)) or size <= 0 or size % multiple:
+        hint = " (448 native, 518 in the paper)" if multiple == PATCH_SIZE else ""
+        raise ValueError(f"{name} must be a positive multiple of {multiple}{hint}, got {size!r}")
     return int(size)
 
 
@@ -47,15 +111,10 @@ def to_float_rgb(image: ImageLike) -> Tensor:
     (uint8 /255, uint16 /65535, float taken as [0,1]) or a tensor ``(3,H,W)`` in [0,1].
     """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        try:
-            with Image.open(path) as img:
-                img.load()
-                arr = _pil_to_array(img)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"{path}: cannot read image: {exc}") from exc
+        with open_image(image) as img:
+            arr = _pil_to_array(img)
     elif isinstance(image, Image.Image):
-        arr = _pil_to_array(image)
+        arr = _pil_to_array(check_pixels(image, "image"))
     elif isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensor: expected (3,H,W) in [0,1], got shape {tuple(image.shape)}")
@@ -92,15 +151,16 @@ def resize_image(image: Tensor, size: int | tuple[int, int]) -> Tensor:
     return batch if image.ndim == 4 else batch[0]
 
 
-def preprocess(images: ImageLike | Iterable[ImageLike], size: int = 448) -> Tensor:
+def preprocess(images: ImageLike | Iterable[ImageLike], size: int = 448, multiple: int = PATCH_SIZE) -> Tensor:
     """Images -> ``(B, 3, size, size)`` float32 RGB in [0, 1], ready for the vision tower.
 
     Args:
         images: one image or a list (PIL of any mode, paths, arrays, ``(3,H,W)`` tensors).
-        size: output side in pixels, a multiple of 14 (448 native, 518 for the paper).
+        size: output side in pixels, a multiple of ``multiple`` (TIPS: 14; 448 native, 518 for the paper).
+        multiple: the backbone's patch size.
     Taught in notebooks/01_loading_tips.ipynb.
     """
-    check_size(size)
+    check_size(size, multiple=multiple)
     if isinstance(images, (Image.Image, np.ndarray, str, os.PathLike)) or (
             isinstance(images, Tensor) and images.ndim == 3):
         images = [images]

@@ -5,4 +5,4 @@ figures (:mod:`.viz`) and the first-figure demo (:mod:`.demo`).
 """
 
 from tipsomaly_lite.course.session import (TOY_IMAGE_SIZE, TOY_SEEDS, Course, default_data_root,  # noqa: F401
-                                           in_colab, pick_device, start)
+                                           download_allowed, in_colab, pick_device, start)

@@ -1,10 +1,15 @@
 """What every notebook of the course starts with: the model, the data, the seed and the device.
 
-:func:`start` decides the mode once. *Real* mode loads TIPS (downloading it when missing) and
+:func:`start` decides the mode once. *Real* mode loads TIPS and
 reads the prepared benchmark datasets. *Offline* mode loads the tiny random TIPS and generated
 toy datasets, and says loudly that its numbers are meaningless. Offline is chosen when
 ``TIPSOMALY_OFFLINE=1`` (CI forces it), when the notebook asks for it, or automatically when
 the weights are neither cached nor downloadable.
+
+No surprise downloads: outside Colab, weights that are not cached are downloaded only when asked
+(``start(download=True)``, a notebook's ``DOWNLOAD = True``, or ``TIPSOMALY_DOWNLOAD=1``);
+otherwise the course starts offline and says how to get them (``tipsomaly fetch l14-hr``).
+A real model on a CPU is allowed, with a note on how slow it will be.
 
 A real model with a dataset that is not prepared falls back to the toy data for that dataset
 and says so: the figures still teach, the numbers are not the paper's.
@@ -35,9 +40,47 @@ from tipsomaly_lite.backbones import DEFAULT_VARIANT, load_backbone
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 from tipsomaly_lite.eval.protocol import prompts_trained_on
 
-#: Where the course is published (Colab badges and the pinned install point here).
+#: Where the course is published (Colab badges and the pinned install point here). The one place
+#: that names it: tests/test_notebooks.py checks every badge and setup cell against it and
+#: the package's ``__version__`` (the release tag is ``v<version>``).
 REPOSITORY = "tipsomaly-lite/tipsomaly_lite"
 DATA_ENV = "TIPSOMALY_DATA"
+#: ``1`` allows :func:`start` to download missing weights outside Colab (as ``download=True``).
+DOWNLOAD_ENV = "TIPSOMALY_DOWNLOAD"
+#: Approximate download sizes of the registry variants (vision + text npz), for the messages.
+DOWNLOAD_GB = {"s14-hr": 0.3, "b14-hr": 0.6, "l14-hr": 2.0, "v2-b14": 0.6, "v2-l14": 2.0}
+
+
+def repository_url() -> str:
+    """``https://github.com/<REPOSITORY>``: where the course is published."""
+    return f"https://github.com/{REPOSITORY}"
+
+
+def colab_badge_url(notebook: str) -> str:
+    """The Colab address of a course notebook, e.g. ``colab_badge_url("00_setup")``."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}.ipynb"
+
+
+def pinned_install() -> str:
+    """The pip requirement a notebook installs when the package is missing: this version's release tag."""
+    from tipsomaly_lite import __version__
+
+    return f"tipsomaly_lite @ git+{repository_url()}@v{__version__}"
+
+
+def download_allowed(download: bool | None = None) -> bool:
+    """May the course download missing weights now? ``download`` if given, else Colab or ``TIPSOMALY_DOWNLOAD=1``.
+
+    Args:
+        download: the notebook's ``DOWNLOAD`` parameter (None: decide from the environment).
+    Returns:
+        True when a missing checkpoint may be fetched.
+    """
+    if download is not None:
+        return bool(download)
+    if os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return True
+    return in_colab()
 #: The paper's cross-dataset protocol: the dataset a test set's prompts are trained on.
 #: Toy stand-ins (seeds differ, so training and test images never coincide).
 TOY_SEEDS = {"test": 0, "aux": 1}
@@ -127,6 +170,14 @@ class Course:
         aux_key, aux_root = _dataset_root(self.data_root, key, "aux", self.offline, notes)
         return replace(self, aux_key=aux_key, aux_root=aux_root, aux_source=key, notes=notes)
 
+    def with_backbone(self, model: Backbone) -> "Course":
+        """This course on another backbone, at that backbone's own input size (same data, seed and device).
+
+        Its prompts train into their own run folder (the folder name holds the weights' fingerprint).
+        Taught in notebooks/08_backbones.ipynb.
+        """
+        return replace(self, model=model, image_size=model.image_size)
+
     @property
     def work_dir(self) -> Path:
         """Where the course keeps results between notebooks (``$TIPSOMALY_HOME/course/<mode>``)."""
@@ -134,7 +185,6 @@ class Course:
 
     def run_dir(self, name: str = "prompts") -> Path:
         """A training run folder for this model (by weight fingerprint), auxiliary dataset and size."""
-        
         return self.work_dir / "runs" / f"{name}-{self.aux_key}-{self.image_size}px-{self.model.fingerprint()[:8]}"
 
     def training_set(self, train_limit: int | None = None) -> tuple[AnomalyDataset, Path]:
@@ -210,13 +260,31 @@ def _dataset_root(data_root: Path, key: str, role: str, offline: bool, notes: li
     return ("toy" if role == "test" else "toy_aux"), _toy_root(data_root, role)
 
 
+def _size(variant: str) -> str:
+    gb = DOWNLOAD_GB.get(variant)
+    return f"~{gb:g} GB" if gb else "several GB"
+
+
 def _load_model(variant: str, offline: bool | None, image_size: int, device: torch.device,
-                notes: list[str]) -> Backbone:
+                notes: list[str], download: bool | None = None) -> Backbone:
+    from tipsomaly_lite.backbones.tips.registry import VARIANTS, variant_is_cached
+
     if offline or (offline is None and offline_forced()):
         notes.append("offline mode " + ("asked for by the notebook" if offline else "forced by TIPSOMALY_OFFLINE"))
         return load_backbone("tiny", image_size=image_size, device=device)
+    kwargs: dict = {}
+    if variant in VARIANTS and not variant_is_cached(variant) and not download_allowed(download):
+        if offline is False:
+            kwargs["download"] = False  # real mode was demanded: fail with the cache's message, never download
+        else:
+            notes.append(f"TIPS {variant} ({_size(variant)}) is not in the cache and downloading was not asked for: "
+                         f"offline mode. To use it, run `tipsomaly fetch {variant}` in a terminal, or set "
+                         f"DOWNLOAD = True in the parameters cell (start(download=True), or {DOWNLOAD_ENV}=1)")
+            return load_backbone("tiny", image_size=image_size, device=device)
+    if variant in VARIANTS and not variant_is_cached(variant) and "download" not in kwargs:
+        print(f"Downloading TIPS {variant} ({_size(variant)}) into the cache, once ...", flush=True)
     try:
-        return load_backbone(variant, image_size=image_size, device=device)
+        return load_backbone(variant, image_size=image_size, device=device, **kwargs)
     except (FileNotFoundError, DownloadError) as err:
         if offline is False:
             raise
@@ -224,14 +292,27 @@ def _load_model(variant: str, offline: bool | None, image_size: int, device: tor
         return load_backbone("tiny", image_size=image_size, device=device)
 
 
+def _cpu_note(model: Backbone, device: torch.device, image_size: int) -> str | None:
+    """A note when a real, large model will run on the CPU: how slow, and where a GPU is."""
+    if model.is_offline or device.type != "cpu" or getattr(model, "text_width", 0) < 768:
+        return None
+    family = getattr(model, "family", "tips").upper()
+    return (f"⚠ real {family} {model.variant} on the CPU: expect several seconds per {image_size}-px image (a "
+            "64-image evaluation takes minutes, training far longer); a GPU is ~100x faster (Colab: Runtime → "
+            "Change runtime type → GPU), or use a smaller IMAGE_SIZE or a smaller variant")
+
+
 def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_size: int = 518,
           dataset: str = "mvtec", auxiliary: str | None = None, data_root: str | os.PathLike | None = None,
-          seed: int = 111, device: str | torch.device = "auto", verbose: bool = True) -> Course:
+          seed: int = 111, device: str | torch.device = "auto", download: bool | None = None,
+          verbose: bool = True) -> Course:
     """Set up a notebook: seed, device, model (real or offline) and datasets.
 
     Args:
         offline: True forces the offline mode, False forbids it (an error instead of a fallback),
             None decides: offline when ``TIPSOMALY_OFFLINE`` is set or the weights cannot be had.
+        download: may missing weights be downloaded? None: only in Colab or with
+            ``TIPSOMALY_DOWNLOAD=1`` (otherwise offline mode, with a note on how to get them).
         variant: TIPS variant (default the paper's ``l14-hr``).
         image_size: input side in pixels (518 in the paper).
         dataset: the evaluated dataset key (``mvtec``, ``visa``...).
@@ -252,8 +333,11 @@ def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_
     dev = pick_device(device)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     notes: list[str] = []
-    model = _load_model(variant, offline, image_size, dev, notes)
+    model = _load_model(variant, offline, image_size, dev, notes, download)
     is_offline = model.is_offline
+    cpu = _cpu_note(model, dev, image_size)
+    if cpu:
+        notes.append(cpu)
     aux = auxiliary or prompts_trained_on(dataset)
     test_key, test_root = _dataset_root(root, dataset, "test", is_offline, notes)
     aux_key, aux_root = _dataset_root(root, aux, "aux", is_offline, notes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -25,12 +26,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from tipsomaly_lite.data.atomic import atomic_file
-from tipsomaly_lite.backbones.preprocess import resize_image, to_float_rgb
+from tipsomaly_lite.backbones.preprocess import check_image_file, check_pixels, resize_image, to_float_rgb
 
 __all__ = [
     "DATASET_KEYS", "IMAGE_EXTENSIONS", "IGNORED_NAMES", "CLASS_WORDS", "META_FORMAT_HINT",
     "DatasetError", "AnomalyDataset", "class_word", "is_image_file", "list_images",
     "read_meta", "write_meta", "build_meta_from_mvtec_layout", "load_image", "load_mask",
+    "check_dataset_key",
 ]
 
 #: The seven benchmarks, in the order the paper's tables use.
@@ -122,7 +124,7 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
     path = pathlib.Path(root) / "meta.json"
     if not path.is_file():
         raise DatasetError(f"{path} not found: a prepared dataset needs a meta.json at its root "
-                           f"({META_FORMAT_HINT}). Prepare it with data_scripts/prepare_dataset.py "
+                           f"({META_FORMAT_HINT}). Prepare it with `tipsomaly prepare` "
                            "or build it from an MVTec-like folder with build_meta_from_mvtec_layout.")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -147,7 +149,36 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
                 if entry["anomaly"] not in (0, 1):
                     raise DatasetError(f"{path}: {split}/{cls}[{i}] has anomaly="
                                        f"{entry['anomaly']!r}, expected 0 or 1.")
+                if entry["cls_name"] != cls:
+                    raise DatasetError(f"{path}: {split}/{cls}[{i}] has cls_name={entry['cls_name']!r}, "
+                                       f"but it is listed under the class {cls!r}; they must agree.")
+                for key in ("img_path", "mask_path"):
+                    _check_relative(entry[key], f"{path}: {split}/{cls}[{i}] {key}",
+                                    allow_empty=key == "mask_path")
     return meta
+
+
+def _check_relative(value: Any, where: str, *, allow_empty: bool = False) -> str:
+    """A path from a data file must be a relative path that stays inside its root (no ``..``)."""
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise DatasetError(f"{where} is {value!r}; expected a relative path string.")
+    unified = value.replace("\\", "/")
+    if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":") or "\x00" in unified:
+        raise DatasetError(f"{where} is the absolute path {value!r}; paths must be relative to the "
+                           "dataset root.")
+    if ".." in unified.split("/"):
+        raise DatasetError(f"{where} is {value!r}, which contains '..' and leaves the dataset root; "
+                           "refusing.")
+    return value
+
+
+def _inside(root: pathlib.Path, rel: str, where: str) -> pathlib.Path:
+    """``root / rel``, refusing one that resolves (through links) outside ``root``."""
+    path = root / rel
+    real, root_real = os.path.realpath(path), os.path.realpath(root)
+    if real != root_real and not real.startswith(root_real + os.sep):
+        raise DatasetError(f"{where}: {rel!r} resolves to {real}, outside {root}; refusing.")
+    return path
 
 
 def write_meta(root: str | os.PathLike, meta: dict[str, Any]) -> pathlib.Path:
@@ -231,11 +262,17 @@ def build_meta_from_mvtec_layout(root: str | os.PathLike) -> dict[str, Any]:
 
 def _open(path: pathlib.Path, what: str) -> Image.Image:
     try:
+        check_image_file(path)  # a FIFO or device listed as an image would block the read forever
         img = Image.open(path)
+        check_pixels(img, f"{what} {path}")  # from the header, before decoding a pixel bomb
         img.load()
     except FileNotFoundError as err:
         raise DatasetError(f"{what} {path} does not exist.") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"{what} {path} is too large to decode safely ({err}).") from None
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DatasetError(f"Cannot read {what.lower()} {path}: {err}. The file is corrupt or "
                            "not an image; replace it (re-extract the archive).") from err
     return img
@@ -289,6 +326,46 @@ def _mask_tensor(binary: np.ndarray, size: int | None) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------- dataset
 
+def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> None:
+    """Refuse a dataset key that does not match the data in ``root``.
+
+    A prepared folder records its key in ``protocol.json``; the toy dataset (``toy_config.json``)
+    under a benchmark key gets a ``UserWarning``; otherwise, for one of the seven benchmark keys,
+    every class must be one of that benchmark's classes. Comparing the toy
+    dataset with the paper's MVTec AD numbers would otherwise look like a result.
+
+    Raises:
+        DatasetError: naming the key, the folder and what was found there.
+    """
+    root = pathlib.Path(root)
+    protocol = root / "protocol.json"
+    if protocol.is_file():
+        try:
+            recorded = json.loads(protocol.read_text(encoding="utf-8")).get("dataset")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            raise DatasetError(f"{protocol} is not valid JSON ({err}); prepare the dataset again.") from err
+        if recorded is not None and recorded != key:
+            raise DatasetError(f"--dataset {key}: {root} was prepared as {recorded!r} ({protocol}); "
+                               f"use --dataset {recorded} or point --data-root at the {key} data.")
+        return
+    if key not in DATASET_KEYS:
+        return
+    from tipsomaly_lite.data.prepare import DATASETS
+
+    if (root / "toy_config.json").is_file():
+        # The course stands the toy data in for a benchmark on purpose; say so, loudly, every time.
+        warnings.warn(f"--dataset {key}: {root} is the synthetic toy dataset (it has toy_config.json), not "
+                      f"{DATASETS[key].name}; its numbers cannot be compared with the paper's.", UserWarning,
+                      stacklevel=3)
+        return
+    foreign = sorted(set(classes) - set(DATASETS[key].classes))
+    if foreign:
+        raise DatasetError(f"--dataset {key}: {root} holds classes {foreign[:5]}"
+                           f"{' ...' if len(foreign) > 5 else ''} that are not {DATASETS[key].name} "
+                           f"classes; this is not the {key} data (for your own or the toy data use its "
+                           "own name, e.g. --dataset toy).")
+
+
 class AnomalyDataset(torch.utils.data.Dataset):
     """Samples of one split of a prepared dataset, as tensors.
 
@@ -334,10 +411,16 @@ class AnomalyDataset(torch.utils.data.Dataset):
         table = meta[split]
         if classes is not None:
             classes = [classes] if isinstance(classes, str) else list(classes)
+            twice = sorted({c for c in classes if classes.count(c) > 1})
+            if twice:
+                raise DatasetError(f"classes (--classes) lists {twice} more than once; each class is "
+                                   "evaluated once, so name it once.")
             unknown = [c for c in classes if c not in table]
             if unknown:
                 raise DatasetError(f"Classes {unknown} are not in the {split} split of {self.root}; "
                                    f"available: {sorted(table)}.")
+        if key is not None:
+            check_dataset_key(self.root, key, list(table))
         self.classes = sorted(classes if classes is not None else table)
         self.samples: list[dict[str, Any]] = []
         for cls in self.classes:
@@ -350,6 +433,10 @@ class AnomalyDataset(torch.utils.data.Dataset):
                     raise DatasetError(f"Anomalous image {self.root / row['img_path']} has no "
                                        f"mask_path in {self.root / 'meta.json'}; an anomalous "
                                        "image without mask is an error, not an empty mask.")
+                where = f"{self.root / 'meta.json'}: {split}/{cls}"
+                for field in ("img_path", "mask_path"):
+                    if row[field]:
+                        _inside(self.root, _check_relative(row[field], f"{where} {field}"), where)
                 self.samples.append(row)
         if not self.samples:
             raise DatasetError(f"No {split} samples in {self.root}.")
@@ -375,7 +462,12 @@ class AnomalyDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"Mask {mask_path} is {mask_pil.size[0]}x{mask_pil.size[1]} "
                                    f"but image {img_path} is {width}x{height} (width x height); "
                                    "they must match.")
-            mask_t = _mask_tensor(_mask_array(mask_pil), self.image_size)
+            binary = _mask_array(mask_pil)
+            if not row["anomaly"] and binary.any():
+                raise DatasetError(f"Normal image {img_path} (anomaly=0) has a non-empty mask {mask_path} "
+                                   f"({int(binary.sum())} defect pixels); fix its label or its mask in "
+                                   f"{self.root / 'meta.json'}.")
+            mask_t = _mask_tensor(binary, self.image_size)
         else:
             mask_t = torch.zeros(1, self.image_size, self.image_size)
         return {"image": image_t.contiguous(), "mask": mask_t, "label": int(row["anomaly"]),

@@ -6,6 +6,11 @@ SHA-256 matches, so a file at ``dest`` is always a finished one. An interrupted 
 its ``.part`` file and the next call resumes it with an HTTP ``Range`` request, which matters for
 multi-GB archives on slow hosts.
 
+Fail closed: one download per destination at a time (an OS-level lock, ``<dest>.lock``, so two
+processes never append to one ``.part``); a body shorter or longer than the server announced is an
+error; and a ``validate`` check (e.g. "this npz opens with the expected arrays") runs on the
+finished file and on a cached one, so a damaged file is never accepted because it exists.
+
 Taught in notebooks/00_setup.ipynb.
 """
 
@@ -18,9 +23,13 @@ import pathlib
 import re
 import urllib.error
 import urllib.request
+import socket
 import warnings
+from typing import Callable
 
 from tqdm.auto import tqdm
+
+from tipsomaly_lite.data.atomic import LockedError, file_lock
 
 __all__ = ["DownloadError", "cache_dir", "download", "sha256_file"]
 
@@ -92,14 +101,17 @@ def _total_from_headers(status: int, headers, offset: int) -> int | None:
 
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
              desc: str | None = None, progress: bool = True, timeout: float = 60.0,
-             chunk_size: int = 1 << 20) -> pathlib.Path:
+             chunk_size: int = 1 << 20, validate: Callable[[pathlib.Path], None] | None = None,
+             lock_timeout: float | None = None) -> pathlib.Path:
     """Download ``url`` to ``dest``, resuming a previous partial download and checking SHA-256.
 
     If ``dest`` already exists (and matches ``sha256`` when given) it is returned without any
     network access. Otherwise bytes stream into ``<dest>.part``; an existing ``.part`` is resumed
     with an HTTP ``Range`` request (a server that ignores it makes us start over). On success the
-    ``.part`` file is renamed to ``dest`` atomically. A file whose checksum does not match is
-    moved aside to ``<dest>.bad`` and never used.
+    ``.part`` file is renamed to ``dest`` atomically. A file whose checksum does not match, or that
+    ``validate`` rejects, is moved aside to ``<dest>.bad`` and never used (a cached one is fetched
+    again, with a warning naming it). Concurrent calls for one ``dest`` (threads or processes)
+    take turns: the second finds the first one's finished file.
 
     Args:
         url: ``http://`` or ``https://`` address.
@@ -109,27 +121,63 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         progress: show a ``tqdm`` progress bar.
         timeout: socket timeout in seconds for connecting and for each read.
         chunk_size: bytes per read.
+        validate: called with a finished (or cached) file; raises ``ValueError`` when the file is
+            not usable (the message should say why).
+        lock_timeout: seconds to wait for another download of the same ``dest`` (None: wait).
     Returns:
         ``dest`` as a ``Path``.
     Raises:
-        DownloadError: network/HTTP failure (the ``.part`` file is kept for resuming) or
-            checksum mismatch (the file is kept at ``<dest>.bad``).
+        DownloadError: network/HTTP failure or a body shorter than announced (the ``.part`` file
+            is kept for resuming), a body longer than announced, checksum mismatch or a file
+            ``validate`` rejects (the file is kept at ``<dest>.bad``).
     Taught in notebooks/00_setup.ipynb.
     """
     dest = pathlib.Path(dest)
     expected = sha256.strip().lower() if sha256 else None
-    if dest.exists():
-        if expected is None:
-            return dest
-        actual = sha256_file(dest)
-        if actual == expected:
-            return dest
-        bad = dest.with_name(dest.name + ".bad")
-        warnings.warn(f"{dest} has SHA-256 {actual}, expected {expected}; moving it to {bad} "
-                      "and downloading again.", stacklevel=2)
-        os.replace(dest, bad)
-
+    if _usable(dest, expected, validate, warn=False):  # the common case needs no lock
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = file_lock(dest.with_name(dest.name + ".lock"), timeout=lock_timeout, what=f"the download of {dest.name}")
+        lock.__enter__()
+    except LockedError as exc:
+        raise DownloadError(f"{exc}. Run again when it has finished.") from None
+    try:
+        # Another process may have finished it while we waited; a damaged file is moved aside.
+        if _usable(dest, expected, validate, warn=True):
+            return dest
+        return _download_locked(url, dest, expected, desc=desc, progress=progress, timeout=timeout,
+                                chunk_size=chunk_size, validate=validate)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _usable(dest: pathlib.Path, expected: str | None, validate: Callable[[pathlib.Path], None] | None, *,
+            warn: bool) -> bool:
+    """True when ``dest`` is a finished file that passes the checks; with ``warn``, a failing one is moved aside."""
+    if not dest.is_file():
+        return False
+    problem = None
+    if expected is not None:
+        actual = sha256_file(dest)
+        if actual != expected:
+            problem = f"has SHA-256 {actual}, expected {expected}"
+    if problem is None and validate is not None:
+        try:
+            validate(dest)
+        except ValueError as exc:
+            problem = f"is damaged or not the expected file ({exc})"
+    if problem is None:
+        return True
+    if warn:
+        bad = dest.with_name(dest.name + ".bad")
+        warnings.warn(f"{dest} {problem}; moving it to {bad} and downloading again.", stacklevel=4)
+        os.replace(dest, bad)
+    return False
+
+
+def _download_locked(url: str, dest: pathlib.Path, expected: str | None, *, desc: str | None, progress: bool,
+                     timeout: float, chunk_size: int, validate: Callable[[pathlib.Path], None] | None) -> pathlib.Path:
     part = dest.with_name(dest.name + ".part")
 
     # Two attempts: the second one only happens when the server forces a restart from zero
@@ -154,6 +202,15 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
                 f"Checksum mismatch for {url}: expected SHA-256 {expected}, got {actual}. "
                 f"The file was moved aside to {bad} and is not used. Delete it and run again, "
                 f"or fetch the file by hand and place it at {dest}.")
+    if validate is not None:
+        try:
+            validate(part)
+        except ValueError as exc:
+            bad = dest.with_name(dest.name + ".bad")
+            os.replace(part, bad)
+            raise DownloadError(f"Download of {url} gave a file that is not usable: {exc}. It was moved aside to "
+                                f"{bad} and is not used; run again, or fetch the file by hand and place it at "
+                                f"{dest}.") from exc
     os.replace(part, dest)
     return dest
 
@@ -195,6 +252,16 @@ def _fetch(url: str, dest: pathlib.Path, part: pathlib.Path, offset: int, *, des
             # 200 to a ranged request means the server ignored Range: start over from byte 0.
             offset, mode = 0, "wb"
         total = _total_from_headers(status, response.headers, offset)
+        length = response.headers.get("Content-Length")
+        if status == 206 and total is not None and length is not None and length.isdigit() \
+                and offset + int(length) != total:
+            raise DownloadError(f"Download of {url}: the server's Content-Length ({length}) does not match its "
+                                f"Content-Range (bytes {offset}-{total - 1}/{total}); not using it."
+                                f"{_manual_hint(url, dest, part)}")
+        if not response.chunked:
+            # Read to the end of the connection, not just Content-Length bytes: a body longer than
+            # announced must be noticed, not cut silently (urllib asks the server to close after it).
+            response.length = None
         bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=desc or dest.name, disable=not progress, leave=False)
         written = offset
@@ -207,6 +274,12 @@ def _fetch(url: str, dest: pathlib.Path, part: pathlib.Path, offset: int, *, des
                     f.write(block)
                     written += len(block)
                     bar.update(len(block))
+                    if total is not None and written > total:
+                        break
+        except socket.timeout as err:
+            if total is None or written != total:  # else: all announced bytes came; the host just kept the line open
+                raise DownloadError(f"Download of {url} was interrupted after {written} bytes "
+                                    f"({type(err).__name__}: {err}).{_manual_hint(url, dest, part)}") from err
         except (OSError, http.client.HTTPException) as err:
             # socket.timeout and ConnectionResetError are OSErrors; IncompleteRead is an
             # HTTPException. Either way the bytes already written stay in .part for resuming.
@@ -215,6 +288,11 @@ def _fetch(url: str, dest: pathlib.Path, part: pathlib.Path, offset: int, *, des
                                 ) from err
         finally:
             bar.close()
+    if total is not None and written > total:
+        part.unlink(missing_ok=True)  # which bytes are the file's is unknown: never splice from it
+        raise DownloadError(f"Download of {url} sent more bytes than the {total} it announced; the partial file "
+                            f"was deleted and nothing is used. Run again, or fetch the file by hand and place it "
+                            f"at {dest}.")
     if total is not None and written != total:
         raise DownloadError(f"Download of {url} ended early: got {written} of {total} bytes."
                             f"{_manual_hint(url, dest, part)}")

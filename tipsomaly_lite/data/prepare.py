@@ -26,11 +26,12 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from tipsomaly_lite.backbones.preprocess import check_image_file, check_pixels
 from tipsomaly_lite.data.archives import extract_archive
 from tipsomaly_lite.data.atomic import atomic_folder
 from tipsomaly_lite.data.datasets import (
-    DATASET_KEYS, DatasetError, _mask_array, _open, build_meta_from_mvtec_layout, class_word,
-    list_images, write_meta,
+    DATASET_KEYS, DatasetError, _check_relative, _inside, _mask_array, _open, build_meta_from_mvtec_layout,
+    class_word, list_images, write_meta,
 )
 from tipsomaly_lite.data.download import DownloadError, download, sha256_file
 from tipsomaly_lite.offline import offline_forced
@@ -137,7 +138,7 @@ DATASETS: dict[str, DatasetSource] = {s.key: s for s in [
         "to the SharePoint folder and download the dataset. Extract it so that one folder holds "
         "bracket_black/, bracket_brown/, bracket_white/, connector/, metal_plate/, tubes/, each "
         "MVTec-like (train/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png). Then run "
-        "prepare_dataset.py mpdd --source THAT_FOLDER (or download_dataset.py mpdd --archive "
+        "tipsomaly prepare mpdd --source THAT_FOLDER (or tipsomaly download mpdd --archive "
         "FILE.zip to extract it into <data_root>/raw/mpdd)."),
     DatasetSource(
         "dagm", "DAGM 2007 (weakly supervised optical inspection)", None, None, None,
@@ -145,7 +146,7 @@ DATASETS: dict[str, DatasetSource] = {s.key: s for s in [
         "Manual download: Kaggle dataset mhskjelvareid/dagm-2007-competition-dataset-optical-"
         "inspection (or the Zenodo copy). Extract it so that one folder holds Class1/ ... "
         "Class10/, each with Train/ and Test/ (512x512 grey *.PNG) and {Train,Test}/Label/"
-        "Labels.txt plus <stem>_label.PNG masks. Then run prepare_dataset.py dagm --source "
+        "Labels.txt plus <stem>_label.PNG masks. Then run tipsomaly prepare dagm --source "
         "THAT_FOLDER [--protocol official|balanced]. The published counts are for the "
         "official Test split."),
     DatasetSource(
@@ -156,7 +157,7 @@ DATASETS: dict[str, DatasetSource] = {s.key: s for s in [
         "Manual download: the authors' Google Drive folder (linked from the DTD-Synthetic "
         "paper, Aota et al., WACV 2023). Extract it so that one folder holds Blotchy_099/ ... "
         "Woven_127/, each MVTec-like with train/good, test/good, test/bad and "
-        "ground_truth/bad/<stem>_mask.png. Then run prepare_dataset.py dtd --source "
+        "ground_truth/bad/<stem>_mask.png. Then run tipsomaly prepare dtd --source "
         "THAT_FOLDER."),
 ]}
 assert tuple(sorted(DATASETS)) == tuple(sorted(DATASET_KEYS))
@@ -247,12 +248,22 @@ def _natural_key(text: str) -> list:
 class _TreeWriter:
     """Writes images and binarised masks into the MVTec-like output tree and collects meta rows."""
 
-    def __init__(self, out: pathlib.Path, link: bool) -> None:
+    def __init__(self, out: pathlib.Path, link: bool, source: pathlib.Path | None = None) -> None:
         self.out = out
         self.link = link
+        self.source = source
         self.meta: dict[str, dict[str, list]] = {"train": {}, "test": {}}
 
+    def source_file(self, path: pathlib.Path, what: str) -> pathlib.Path:
+        """The real path of a source file, refusing one whose links lead out of the source folder."""
+        if self.source is None:
+            return path
+        return _source_file(self.source, path, what)
+
     def _place(self, src: pathlib.Path, dest: pathlib.Path) -> None:
+        for part in (dest.parent.relative_to(self.out)).parts + (dest.name,):
+            _check_relative(part, f"output name for {src}")
+        src = self.source_file(src, "Image")
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             raise DatasetError(f"Two source images map to {dest} (second one: {src}).")
@@ -276,6 +287,7 @@ class _TreeWriter:
             size = (image.shape[1], image.shape[0])
             src_desc = f"{name} (generated)"
         else:
+            image = self.source_file(image, "Image")  # before even its header is read
             size = _image_size(image) if anomaly else None  # header only; pixels are not needed
             self._place(image, dest)
             src_desc = str(image)
@@ -288,6 +300,7 @@ class _TreeWriter:
                 binary = mask.astype(bool)
                 mask_desc = "its mask"
             else:
+                mask = self.source_file(mask, "Mask")
                 with _open(mask, "Mask") as pil:
                     binary = _mask_array(pil)
                 mask_desc = f"mask {mask}"
@@ -309,14 +322,37 @@ class _TreeWriter:
                 for split, table in self.meta.items()}
 
 
+def _source_file(source: pathlib.Path, path: pathlib.Path, what: str) -> pathlib.Path:
+    """``path`` resolved, if it is a regular file inside ``source`` (links followed), else DatasetError."""
+    real = pathlib.Path(os.path.realpath(path))
+    source_real = os.path.realpath(source)
+    if not str(real).startswith(source_real + os.sep):
+        raise DatasetError(f"{what} {path} resolves to {real}, outside the source folder {source}; "
+                           "refusing to read or copy it.")
+    if real.exists() and not real.is_file():
+        raise DatasetError(f"{what} {path} is not a regular file (a folder, FIFO or device); refusing "
+                           "to read it.")
+    return real
+
+
+def _listed(root: pathlib.Path, rel: str, where: str) -> pathlib.Path:
+    """A path listed in a dataset's own index file: relative, no ``..``, resolving inside ``root``."""
+    return _inside(root, _check_relative(rel, where), where)
+
+
 def _image_size(path: pathlib.Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     try:
+        check_image_file(path)
         with Image.open(path) as pil:
-            return pil.size
+            return check_pixels(pil, f"Image {path}").size
     except FileNotFoundError as err:
         raise DatasetError(f"Image {path} does not exist.") from err
-    except (OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"Image {path} is too large to decode safely ({err}).") from None
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    except (OSError, SyntaxError) as err:
         raise DatasetError(f"Cannot read image {path}: {err}. The file is corrupt or not an "
                            "image; extract the archive again.") from err
 
@@ -373,11 +409,15 @@ def _prepare_visa(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[s
             raise DatasetError(f"{csv_path} line {line}: split={row['split']!r}, "
                                f"label={row['label']!r}; expected train|test and normal|anomaly.")
         anomaly = int(label == "anomaly")
-        image = root / row["image"]
+        where = f"{csv_path} line {line}"
+        _check_relative(row["object"], f"{where} object")
+        if "/" in row["object"].replace("\\", "/"):
+            raise DatasetError(f"{where}: object {row['object']!r} must be a plain class name.")
+        image = _listed(root, row["image"], f"{where} image")
         if anomaly and not row["mask"]:
-            raise DatasetError(f"{csv_path} line {line}: anomalous image {image} has an empty "
+            raise DatasetError(f"{where}: anomalous image {image} has an empty "
                                "mask column.")
-        mask = root / row["mask"] if anomaly else None
+        mask = _listed(root, row["mask"], f"{where} mask") if anomaly else None
         writer.add(split, row["object"], "anomaly" if anomaly else "good", anomaly, image,
                    image.name, mask)
     return {"protocol": "1cls", "description": "split_csv/1cls.csv (one-class split); "
@@ -402,6 +442,8 @@ def _prepare_sdd(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[st
             if label_path is None:
                 raise DatasetError(f"KSDD image {img_path} has no label {img_path.stem}_label.bmp "
                                    "next to it.")
+            img_path = writer.source_file(img_path, "Image")
+            label_path = writer.source_file(label_path, "Mask")
             with _open(img_path, "Image") as pil:
                 image = np.asarray(pil.convert("L"))
             with _open(label_path, "Mask") as pil:
@@ -450,6 +492,12 @@ def _read_dagm_labels(split_dir: pathlib.Path) -> list[tuple[str, int, str]]:
         # The first line is a bare count/flag; data rows name an image in their third field.
         if len(tokens) >= 3 and pathlib.Path(tokens[2]).suffix.lower() in (".png", ".bmp"):
             mask = tokens[4] if len(tokens) >= 5 and tokens[4] not in ("0", "") else ""
+            if tokens[1] not in ("0", "1"):
+                raise DatasetError(f"{candidate}: line {line!r} has anomaly flag {tokens[1]!r}; expected 0 or 1.")
+            for name in (tokens[2], mask):
+                if name and (pathlib.PurePath(name.replace("\\", "/")).name != name.replace("\\", "/")):
+                    raise DatasetError(f"{candidate}: {name!r} is a path, not a file name in its folder; "
+                                       "refusing (DAGM lists bare names such as 0001.PNG).")
             rows.append((tokens[2], int(tokens[1]), mask))
     if not rows:
         raise DatasetError(f"{candidate} lists no images; expected lines like "
@@ -467,7 +515,7 @@ def _dagm_samples(class_dir: pathlib.Path,
     label_files = {p.name.lower(): p for p in list_images(label_dir)}
     samples = []
     for image_name, anomaly, mask_name in sorted(_read_dagm_labels(split_dir)):
-        image = split_dir / image_name
+        image = _listed(split_dir, image_name, f"{split_dir}/Label/Labels.txt image")
         if not image.is_file():
             raise DatasetError(f"{split_dir}/Label/Labels.txt lists {image_name}, but {image} "
                                "does not exist.")
@@ -626,7 +674,7 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to "
                               "prepare it again.")
     with atomic_folder(out, "preparing") as tmp:
-        writer = _TreeWriter(tmp, link=link)
+        writer = _TreeWriter(tmp, link=link, source=source)
         info = _PREPARERS[key](source, writer, protocol=protocol)
         meta = writer.sorted_meta()
         if not meta["test"]:

@@ -50,7 +50,7 @@ _REPO_RAW = "https://raw.githubusercontent.com/AlirezaSalehy/Tipsomaly/main/work
 # and every value in that state must itself pass the same allowlist.
 _EXTRA_SAFE_GLOBALS: tuple[type, ...] = (torch.nn.ParameterList,)
 
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+) whose module")
 # torch wraps the unpickler's own reason in advice text; keep only the reason for our message.
 _UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", re.S)
 
@@ -115,6 +115,17 @@ def _refuse(path: Path, refused: list[str] | tuple[str, ...]) -> UnsafePromptFil
         f"nothing from the file was executed.", path=path, refused=tuple(refused))
 
 
+def _torch_detail(err: BaseException) -> str:
+    """torch's error text on one line, without its advice to retry with ``weights_only=False``.
+
+    That advice means "run the file's code": never what to do with a prompt file from the internet.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split()))
+    unsafe = ("weights_only", "trusted source", "trust the source", "arbitrary code", "two options")
+    kept = [s for s in re.split(r"(?<=[.!?])\s+", text) if not any(u in s for u in unsafe)]
+    return " ".join(kept).strip() or type(err).__name__
+
+
 def _load_torch_zip(path: Path) -> object:
     """``torch.load`` a zip archive with the weights-only unpickler plus ParameterList only."""
     # We use torch's weights-only unpickler rather than a hand-written pickle.Unpickler: it is the
@@ -125,24 +136,26 @@ def _load_torch_zip(path: Path) -> object:
             # A static scan that names every refused global at once. It never executes anything,
             # but it does not know every opcode; if it gives up, torch.load below still decides.
             refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except pickle.UnpicklingError:
+        except (pickle.UnpicklingError, ValueError):
             refused = []
         except (RuntimeError, OSError, EOFError, KeyError) as err:
-            raise ValueError(f"{path} is not a readable torch archive (corrupt or truncated?): {err}") from err
+            raise ValueError(f"{path} is not a readable torch archive (corrupt or truncated?): "
+                             f"{_torch_detail(err)}") from None
         if refused:
             raise _refuse(path, refused)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            found = _REFUSED_GLOBAL.findall(str(err))
+            found = [a or b for a, b in _REFUSED_GLOBAL.findall(str(err))]
             if found:
                 raise _refuse(path, found) from None
             match = _UNPICKLER_DETAIL.search(str(err))
-            detail = " ".join(match.group(1).split()) if match else str(err).split("\n", 1)[0]
+            detail = _torch_detail(match.group(1) if match else err)
             raise ValueError(f"{path} could not be read with the weights-only unpickler ({detail}). "
                              "Re-save the two tensors with torch.save's default settings.") from None
-        except (RuntimeError, OSError, EOFError, KeyError) as err:
-            raise ValueError(f"{path} is not a readable torch archive (corrupt or truncated?): {err}") from err
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+            raise ValueError(f"{path} is not a readable torch archive (corrupt or truncated?): "
+                             f"{_torch_detail(err)}") from None
 
 
 def _looks_like_safetensors(path: Path) -> bool:

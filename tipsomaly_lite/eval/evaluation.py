@@ -1,9 +1,11 @@
 """Evaluating a detector on a dataset: streamed, per class, written as Markdown + CSV + JSON with its config.
 
 Images are scored batch by batch; each class keeps its image scores (a few numbers per image)
-and a :class:`~tipsomaly_lite.eval.metrics.PixelAccumulator` (fixed-size histograms of the fp16
-anomaly maps), so memory does not grow with the dataset: a 2,000-image dataset at 518 px needs
-no more than one batch of maps. Metrics are per class, then averaged over classes, times 100.
+and a :class:`~tipsomaly_lite.eval.metrics.PixelAccumulator` (fixed-size histograms over the
+maps' own range, 10 MiB), so memory does not grow with the dataset: a 2,000-image dataset at
+518 px needs no more than one batch of maps. Metrics are per class, then averaged over classes,
+times 100. Besides the paper's six (:data:`METRICS`) every table, CSV and ``results.json`` carries
+:data:`EXTRA_METRICS` (pixel AP, which the authors' code also reports) in a last column.
 
 Taught in notebooks/06_benchmark.ipynb.
 """
@@ -32,8 +34,13 @@ from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumul
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS, PAPER_RESULTS, SCORE_KINDS, prompts_trained_on
 from tipsomaly_lite.offline import MEANINGLESS_MARKDOWN, warn_caller
 
-__all__ = ["METRICS", "METRIC_LABELS", "PAPER_RESULTS", "SCORE_KINDS", "EvaluationResult", "evaluate",
-           "paper_table", "benchmark_table", "prompts_trained_on"]
+__all__ = ["METRICS", "METRIC_LABELS", "PAPER_RESULTS", "SCORE_KINDS", "EXTRA_METRICS", "EvaluationResult",
+           "evaluate", "paper_table", "benchmark_table", "prompts_trained_on"]
+
+#: Metrics reported after the paper's six, in every table and file (not in the paper's Table 1).
+EXTRA_METRICS = ("pixel_ap",)
+_LABELS = {**METRIC_LABELS, "pixel_ap": "P-AP"}
+_COLUMNS = METRICS + EXTRA_METRICS
 
 def _mean(per_class: dict[str, dict[str, float]], keys: tuple[str, ...], what: str) -> dict[str, float]:
     out = {}
@@ -56,7 +63,9 @@ def _by_class(scores: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "–"  # a number the source does not have (the paper has no pixel AP)
     return "nan" if math.isnan(v) else f"{v:.1f}"
 
 
@@ -104,7 +113,8 @@ class EvaluationResult:
 
         Taught in notebooks/06_benchmark.ipynb.
         """
-        head = ["class"] + [METRIC_LABELS[m] for m in METRICS]
+        cols = self._columns()
+        head = ["class"] + [_LABELS[m] for m in cols]
         lines = []
         if self.offline:
             lines += [MEANINGLESS_MARKDOWN, ""]
@@ -112,21 +122,27 @@ class EvaluationResult:
         lines += [f"**{self.dataset}** ({len(self.per_class)} classes, {len(self.scores)} images; "
                   f"AUPRO: {aupro}; x100)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for cls, m in self.per_class.items():
-            lines.append("| " + " | ".join([cls] + [_fmt(m[k]) for k in METRICS]) + " |")
-        lines.append("| **mean** | " + " | ".join(f"**{_fmt(self.mean[k])}**" for k in METRICS) + " |")
+            lines.append("| " + " | ".join([cls] + [_fmt(m[k]) for k in cols]) + " |")
+        lines.append("| **mean** | " + " | ".join(f"**{_fmt(self.mean[k])}**" for k in cols) + " |")
         if paper and self.dataset in PAPER_RESULTS:
             ref = PAPER_RESULTS[self.dataset]
-            lines.append("| paper | " + " | ".join(_fmt(ref[k]) for k in METRICS) + " |")
-            lines.append("| ours - paper | " + " | ".join(f"{self.mean[k] - ref[k]:+.1f}" for k in METRICS) + " |")
+            lines.append("| paper | " + " | ".join(_fmt(ref.get(k)) for k in cols) + " |")
+            lines.append("| ours - paper | " + " | ".join(
+                f"{self.mean[k] - ref[k]:+.1f}" if k in ref else "–" for k in cols) + " |")
             lines += ["", "The paper's AUPRO is the ZSAD papers' 200-threshold recipe (`--aupro-mode compat`)."]
         return "\n".join(lines) + "\n"
+
+    def _columns(self) -> tuple[str, ...]:
+        """The paper's six, then the extra metrics this result has (older results lack them)."""
+        return METRICS + tuple(k for k in EXTRA_METRICS if k in self.mean)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["dataset", "class"] + list(METRICS))
+        cols = self._columns()
+        writer.writerow(["dataset", "class"] + list(cols))
         for cls, m in list(self.per_class.items()) + [("mean", self.mean)]:
-            writer.writerow([self.dataset, cls] + [f"{m[k]:.4f}" for k in METRICS])
+            writer.writerow([self.dataset, cls] + [f"{m[k]:.4f}" for k in cols])
         return buf.getvalue()
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,10 +192,10 @@ class EvaluationResult:
         return paths
 
 
-def _table(rows: list[tuple[str, dict[str, float]]], first: str) -> list[str]:
-    head = [first] + [METRIC_LABELS[m] for m in METRICS]
+def _table(rows: list[tuple[str, dict[str, float]]], first: str, cols: tuple[str, ...] = METRICS) -> list[str]:
+    head = [first] + [_LABELS[m] for m in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([name] + [_fmt(row[k]) for k in METRICS]) + " |" for name, row in rows]
+    lines += ["| " + " | ".join([name] + [_fmt(row.get(k)) for k in cols]) + " |" for name, row in rows]
     return lines
 
 
@@ -206,7 +222,8 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
         rows.append((f"**{name}**", result.mean))
         if paper and name in PAPER_RESULTS:
             rows.append((f"{name} (paper)", PAPER_RESULTS[name]))
-    means = {k: float(np.mean([r.mean[k] for r in results.values()])) for k in METRICS}
+    cols = METRICS + tuple(k for k in EXTRA_METRICS if all(k in r.mean for r in results.values()))
+    means = {k: float(np.mean([r.mean[k] for r in results.values()])) for k in cols}
     rows.append((f"**mean of {len(results)}**", means))
     if paper:
         rows.append(("industrial mean of 7 (paper)", PAPER_RESULTS["industrial_mean"]))
@@ -215,7 +232,7 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
         lines += [MEANINGLESS_MARKDOWN, ""]
     modes = sorted({str(r.config.get("aupro_mode")) for r in results.values()})
     lines += [f"Mean over classes per dataset, x100; AUPRO: {', '.join(modes)} (the paper's is compat).", ""]
-    return "\n".join(lines + _table(rows, "dataset")) + "\n"
+    return "\n".join(lines + _table(rows, "dataset", cols)) + "\n"
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -227,7 +244,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mode: str = "standard",
              num_workers: int = 0, progress: bool = True, dataset_name: str | None = None,
              extra_config: dict[str, Any] | None = None) -> EvaluationResult:
-    """Score every image of a dataset and compute the six metrics per class (x100).
+    """Score every image of a dataset and compute the six metrics (and pixel AP) per class (x100).
 
     Args:
         detector: the method (model, prompts, mode, token).
@@ -260,18 +277,21 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
                            "image_score": float(pred.image_score[i]), "global_score": float(pred.global_score[i]),
                            "local_score": float(pred.local_score[i]),
                            **{f"global_{t}": float(v[i]) for t, v in pred.global_by_token.items()}})
-    per_class = {}
+    per_class, bounds = {}, {}
     by_class = _by_class(scores)
     for cls in sorted(pixels):
         rows = by_class[cls]
         m = image_metrics([r["label"] for r in rows], [r["image_score"] for r in rows], name=cls)
         m.update(pixels[cls].compute(aupro_mode))
-        per_class[cls] = {k: 100 * m[k] for k in METRICS}
+        per_class[cls] = {k: 100 * m[k] for k in _COLUMNS}
+        bounds[cls] = {k: 100 * v for k, v in pixels[cls].error_bounds(aupro_mode).items()}
     root = Path(getattr(dataset, "root", "."))
     protocol = json.loads((root / "protocol.json").read_text()) if (root / "protocol.json").is_file() else None
     config = {"dataset": name, "dataset_root": str(root), "protocol": protocol, "n_images": len(scores),
               "image_size": int(getattr(dataset, "image_size", 0)), "aupro_mode": aupro_mode,
-              "aupro_max_fpr": 0.3, "aupro_connectivity": 8, "pixel_metrics_on": "anomaly maps rounded to float16",
+              "aupro_max_fpr": 0.3, "aupro_connectivity": 8,
+              "pixel_metrics_on": "the anomaly maps' own values (histogram bins over their range)",
+              "pixel_error_bounds": bounds,  # per class, x100: 0 = exact (PixelAccumulator.error_bounds)
               "tipsomaly_lite": __version__, "torch": torch.__version__,
               "python": platform.python_version(), **detector.config(), **(extra_config or {})}
-    return EvaluationResult(name, per_class, _mean(per_class, METRICS, name), config, scores)
+    return EvaluationResult(name, per_class, _mean(per_class, _COLUMNS, name), config, scores)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,12 +29,53 @@ from tipsomaly_lite.backbones.base import Backbone
 __all__ = ["FeatureCache"]
 
 
-def _image_path(dataset: Any, index: int) -> Path:
-    """The image file of a dataset item without reading the image (AnomalyDataset rows), else via the item."""
+#: Bumped when what an entry holds (or how the key is made) changes, so old folders are not reused.
+KEY_VERSION = 2
+
+# Content hashes of files seen by this process, keyed on everything that changes when a file does
+# (a rewrite gets a new ctime even if its size and mtime are put back), so a training step does not
+# read every image again just to check that it is unchanged.
+_HASHES: dict[tuple, str] = {}
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 (first 32 hex digits) of a file's bytes, computed once per process per file version.
+
+    Memoised on (resolved path, size, mtime_ns, ctime_ns, inode): an unchanged file is hashed once,
+    an edited one (even with its mtime set back) is hashed again.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    digest = _HASHES.get(memo)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _HASHES[memo] = h.hexdigest()[:32]
+    return digest
+
+
+def _identity(dataset: Any, index: int) -> tuple[str, str, str]:
+    """(image content hash, mask content hash or "-", label) of a dataset item.
+
+    AnomalyDataset rows give the files without decoding anything; any other dataset is asked for
+    the item (its ``path``, ``mask`` tensor and ``label``).
+    """
     samples = getattr(dataset, "samples", None)
     if samples is not None and hasattr(dataset, "root"):
-        return Path(dataset.root) / samples[index]["img_path"]
-    return Path(dataset[index]["path"])
+        row = samples[index]
+        mask = content_hash(Path(dataset.root) / row["mask_path"]) if row.get("mask_path") else "-"
+        return content_hash(Path(dataset.root) / row["img_path"]), mask, str(row.get("anomaly", "?"))
+    item = dataset[index]
+    mask = item.get("mask")
+    mask_hash = "-" if mask is None else hashlib.sha256(
+        np.ascontiguousarray(mask.detach().cpu().numpy() > 0.5).tobytes()).hexdigest()[:32]
+    return content_hash(item["path"]), mask_hash, str(item.get("label", "?"))
 
 
 class FeatureCache:
@@ -49,9 +91,11 @@ class FeatureCache:
         progress: show a progress bar while filling.
 
     ``cache.get(dataset, indices)`` returns float32 ``patch_tokens (B, N, D)``, one ``(B, D)``
-    entry per global token of the backbone (``cls1``, ``cls2`` for TIPS) and ``mask (B, 1, S, S)``. An entry's key is the image's absolute path, size
-    and modification time, the input size and the model fingerprint, so an edited image or a
-    different model never reads stale features.
+    entry per global token of the backbone (``cls1``, ``cls2`` for TIPS) and ``mask (B, 1, S, S)``.
+    An entry's key covers everything that changes it: the image's *content* (SHA-256, hashed once
+    per process per file version), the mask's content and the label, the input size, the storage
+    dtype and the fingerprint of all backbone weights. An edited image or mask, or a model that
+    differs in any weight, never reads stale features.
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
 
@@ -71,11 +115,15 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, path: str | os.PathLike) -> str:
-        path = Path(path).resolve()
-        st = path.stat()
-        text = f"{path}|{st.st_size}|{st.st_mtime_ns}|{self.image_size}|{self.fingerprint}|{self.dtype}"
-        return hashlib.sha1(text.encode()).hexdigest()[:24]
+    def key(self, image: str | os.PathLike, mask: str | os.PathLike | None = None, label: int | str = "?") -> str:
+        """The entry name of an image file (with its mask file and label) for this cache's settings."""
+        mask_hash = "-" if mask is None else content_hash(mask)
+        return self._key(content_hash(image), mask_hash, str(label))
+
+    def _key(self, image_hash: str, mask_hash: str, label: str) -> str:
+        text = (f"v{KEY_VERSION}|{image_hash}|{mask_hash}|{label}|{self.image_size}|{self.fingerprint}|"
+                f"{self.dtype}")
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _file(self, key: str) -> Path:
         assert self.folder is not None
@@ -88,8 +136,11 @@ class FeatureCache:
         if key in self._memory:
             return self._memory[key]
         path = self._file(key)
-        with np.load(path, allow_pickle=False) as f:
-            return {name: f[name] for name in (*self.feature_names, "mask")}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {name: f[name] for name in (*self.feature_names, "mask")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: damaged feature-cache entry ({type(exc).__name__}: {exc})") from exc
 
     def _write(self, key: str, entry: dict[str, np.ndarray]) -> None:
         if self.folder is None:
@@ -108,7 +159,10 @@ class FeatureCache:
         return entry
 
     def _keys(self, dataset: Any, indices: Sequence[int]) -> dict[int, str]:
-        return {i: self.key(_image_path(dataset, i)) for i in indices}
+        # The model's weights may have been changed in place since the cache was made (a
+        # fingerprint is recomputed only when a tensor's version moved, so this is cheap).
+        self.fingerprint = self.model.fingerprint()
+        return {i: self._key(*_identity(dataset, i)) for i in indices}
 
     def _fill(self, dataset: Any, keys: dict[int, str]) -> int:
         """Compute the entries of ``keys`` (dataset index -> key) that are missing; returns how many."""
@@ -135,9 +189,17 @@ class FeatureCache:
     def get(self, dataset: Any, indices: Sequence[int]) -> dict[str, Tensor]:
         """Features and masks for dataset items (computed first if missing), float32 on the model's device."""
         indices = list(indices)
-        keys = self._keys(dataset, indices)  # one stat per image per call
+        keys = self._keys(dataset, indices)  # a stat per file per call; contents hashed once per process
         self.hits += len(indices) - self._fill(dataset, keys)
-        entries = [self._read(keys[i]) for i in indices]
+        entries = []
+        for i in indices:
+            try:
+                entries.append(self._read(keys[i]))
+            except ValueError:
+                # A damaged file on disk (a full disk, a copy cut short): compute it again, never use it.
+                self._file(keys[i]).unlink(missing_ok=True)
+                self._fill(dataset, {i: keys[i]})
+                entries.append(self._read(keys[i]))
         s = self.image_size
         out = {name: torch.from_numpy(np.stack([e[name] for e in entries])).float()
                for name in self.feature_names}

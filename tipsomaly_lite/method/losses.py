@@ -17,7 +17,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["dice_loss", "focal_loss", "segmentation_loss", "fused_segmentation_loss"]
+__all__ = ["LOSS_TERMS", "dice_loss", "focal_loss", "segmentation_loss", "segmentation_loss_terms",
+           "fused_segmentation_loss"]
+
+#: The three terms of the loss, in the order of Eq. ``loss = Focal + Dice_anomalous + Dice_normal``.
+LOSS_TERMS = ("focal", "dice_anomalous", "dice_normal")
 
 
 def _as_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
@@ -115,11 +119,28 @@ def segmentation_loss(probs: Tensor, mask: Tensor) -> Tensor:
     return focal_loss(probs, target) + dice_loss(probs[:, 1], target) + dice_loss(probs[:, 0], 1 - target)
 
 
+def segmentation_loss_terms(probs: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """The three terms of :func:`segmentation_loss`, separately (they add up to it).
+
+    Args:
+        probs: ``(B, 2, H, W)`` as for :func:`segmentation_loss`.
+        mask: ``(B, 1, H, W)`` or ``(B, H, W)`` in {0, 1}.
+    Returns:
+        ``{"focal", "dice_anomalous", "dice_normal"}`` (:data:`LOSS_TERMS`), scalar tensors:
+        ``Focal(P, mask)``, ``Dice(P_anomalous, mask)``, ``Dice(P_normal, 1 - mask)``.
+    """
+    _check_probs(probs)
+    target = _as_mask(mask, probs[:, 0])
+    return {"focal": focal_loss(probs, target), "dice_anomalous": dice_loss(probs[:, 1], target),
+            "dice_normal": dice_loss(probs[:, 0], 1 - target)}
+
+
 class _FusedSegmentationLoss(torch.autograd.Function):
     """:func:`segmentation_loss` of ``(1 - u, u)`` with a hand-written gradient: ~20 passes over the pixels, not ~80."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, target: Tensor, smooth: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, u: Tensor, target: Tensor, smooth: float,  # type: ignore[override]
+                terms: dict[str, float] | None) -> Tensor:
         b, n_pixels = u.shape[0], u.numel()
         a = 1 - 2 * smooth
         au = a * u
@@ -143,6 +164,10 @@ class _FusedSegmentationLoss(torch.autograd.Function):
         den_n = 2 * pixels - sum_u - sum_t + 1
         ratio_n = (2 * inter_n + 1) / den_n
         dice = (1 - ratio_a.mean()) + (1 - ratio_n.mean())
+        if terms is not None:  # the per-term values come for free from the sums above
+            for key, value in (("focal", focal), ("dice_anomalous", 1 - ratio_a.mean()),
+                               ("dice_normal", 1 - ratio_n.mean())):
+                terms[key] = terms.get(key, 0.0) + float(value)
         # Both Dice gradients are linear in t: d/du = (slope t + offset) per image.
         slope = (-2 / den_a - 2 / den_n) / b
         offset = (ratio_a / den_a + 2 / den_n - ratio_n / den_n) / b
@@ -155,10 +180,11 @@ class _FusedSegmentationLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad_output * grad, None, None
+        return grad_output * grad, None, None, None
 
 
-def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-5) -> Tensor:
+def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-5,
+                            terms: dict[str, float] | None = None) -> Tensor:
     """``segmentation_loss(stack([1 - u, u], 1), mask)`` with the same value and gradient, in far fewer passes.
 
     Training calls this once per image per step on the upsampled anomalous probability only
@@ -170,6 +196,9 @@ def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-
     Args:
         anomalous: ``(B, H, W)`` anomalous-class probabilities ``u``.
         mask: ``(B, 1, H, W)`` or ``(B, H, W)`` in {0, 1}.
+        smooth: the label smoothing of the authors' code.
+        terms: when given, the three terms (:data:`LOSS_TERMS`, Python floats) are *added* to it, so
+            a caller can sum them over several calls.
     Returns:
         Scalar tensor.
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
@@ -177,4 +206,4 @@ def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-
     if anomalous.ndim != 3 or not anomalous.is_floating_point():
         raise ValueError(f"anomalous must be (B, H, W) float probabilities, got {tuple(anomalous.shape)} "
                          f"{anomalous.dtype}")
-    return _FusedSegmentationLoss.apply(anomalous, _as_mask(mask, anomalous), smooth)
+    return _FusedSegmentationLoss.apply(anomalous, _as_mask(mask, anomalous), smooth, terms)

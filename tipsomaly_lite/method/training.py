@@ -10,6 +10,12 @@ all written atomically. Calling :func:`train_prompts` again on the same folder r
 last checkpoint; the data order of an epoch depends only on ``(seed, epoch)``, so a resumed run
 equals an uninterrupted one.
 
+Fail closed: a run is resumed only when the data, classes, image size, backbone weights
+(fingerprint) and settings recorded in its ``config.json`` match; the folder is locked
+(``train.lock``, released by the OS when the trainer exits or dies) so a second trainer is refused;
+each checkpoint carries the loss rows of every step so far, so a kill at any point loses no step;
+and a NaN/inf loss or prompt stops training before anything of that epoch is saved.
+
 Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -35,7 +43,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tipsomaly_lite import __version__
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.data.atomic import LockedError, atomic_file, file_lock
 from tipsomaly_lite.method.feature_cache import FeatureCache
 from tipsomaly_lite.method.losses import fused_segmentation_loss, segmentation_loss
 from tipsomaly_lite.method.prompt_learner import PromptLearner
@@ -59,6 +67,10 @@ class TrainConfig:
     under the run folder), ``"memory"``, ``"disk"`` (survives a restart) or ``"none"`` (encode
     every image in every epoch; only for checking the cache).
 
+    ``shuffle`` False (default) visits the images in dataset order, the same every epoch, as the
+    authors' training loader does; True reshuffles every epoch (the order depends only on
+    ``(seed, epoch)``, so a resumed run equals an uninterrupted one). See docs/method.md §2.3.
+
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
 
@@ -72,6 +84,7 @@ class TrainConfig:
     class_word: str = "object"
     cache: str = "auto"
     cache_dtype: str = "float16"
+    shuffle: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -83,7 +96,7 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
 
     # What must match for a run folder to be resumed (the cache settings may change freely).
-    _RESUME_KEYS = ("lr", "betas", "batch_size", "seed", "n_tokens", "prompt_set", "class_word")
+    _RESUME_KEYS = ("lr", "betas", "batch_size", "seed", "n_tokens", "prompt_set", "class_word", "shuffle")
 
 
 @dataclass
@@ -139,7 +152,7 @@ def bilinear_matrix(n_in: int, n_out: int) -> Tensor:
 
 
 def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, temperature: float,
-                  grid: tuple[int, int]) -> float:
+                  grid: tuple[int, int], terms: dict[str, float] | None = None) -> float:
     """:func:`training_loss` and its backward pass, image by image; returns the loss.
 
     The same value and prompt gradients as ``training_loss(...).backward()`` (the loss is a mean
@@ -149,6 +162,9 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     :func:`~tipsomaly_lite.method.losses.fused_segmentation_loss` (same value and gradient, fewer
     passes). The text tower runs once per step; its gradient is collected on a detached copy of
     the text features and pushed through once.
+
+    ``terms``, when given, receives the batch's three loss terms (``focal``, ``dice_anomalous``,
+    ``dice_normal``; they add up to the returned loss).
     """
     b, n, _ = patch_tokens.shape
     if grid[0] * grid[1] != n:
@@ -157,14 +173,17 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     text = learner()
     text_leaf = text.detach().requires_grad_()
     total = 0.0
+    per_image: dict[str, float] = {}
     for i in range(b):
         # Only the anomalous channel: the normal one is 1 - it (see fused_segmentation_loss).
         probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature)[..., 1]
         probs = rows @ probs.reshape(1, *grid) @ cols.T  # = F.interpolate(bilinear), as two GEMMs
-        loss = fused_segmentation_loss(probs, masks[i:i + 1]) / b
+        loss = fused_segmentation_loss(probs, masks[i:i + 1], terms=per_image) / b
         loss.backward()
         total += float(loss.detach())
     text.backward(text_leaf.grad)
+    if terms is not None:
+        terms.update({k: v / b for k, v in per_image.items()})
     return total
 
 
@@ -194,13 +213,21 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _save_checkpoint(run_dir: Path, epoch: int, learner: PromptLearner, optimizer: torch.optim.Adam) -> Path:
+def _save_checkpoint(run_dir: Path, epoch: int, learner: PromptLearner, optimizer: torch.optim.Adam,
+                     history: list[dict[str, float]] | None = None) -> Path:
     tensors = {"normal": learner.normal.detach().cpu().contiguous(),
                "anomalous": learner.anomalous.detach().cpu().contiguous()}
     for i, param in enumerate((learner.normal, learner.anomalous)):
         for name, value in optimizer.state.get(param, {}).items():
             tensors[f"adam.{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    data = save_safetensors_bytes(tensors, metadata={"format": CHECKPOINT_FORMAT, "epoch": str(epoch)})
+    for name, value in tensors.items():  # a NaN checkpoint would poison every later resume
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"epoch {epoch}: {name} is not finite; no checkpoint written")
+    metadata = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch)}
+    if history is not None:
+        # The steps so far travel with the prompts, so a kill between this file and history.json loses none.
+        metadata["history"] = json.dumps(history)
+    data = save_safetensors_bytes(tensors, metadata=metadata)
     path = run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
@@ -217,7 +244,17 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int]:
         raise ValueError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
     if meta.get("format") != CHECKPOINT_FORMAT or "normal" not in tensors or "anomalous" not in tensors:
         raise ValueError(f"{path}: not a tipsomaly_lite prompt checkpoint (format {meta.get('format')!r})")
+    for name in ("normal", "anomalous"):
+        if not bool(torch.isfinite(tensors[name].float()).all()):
+            raise ValueError(f"{path}: the {name} prompts hold NaN or inf; refused")
     return tensors, int(meta.get("epoch", 0))
+
+
+def _checkpoint_history(path: Path) -> list[dict[str, float]] | None:
+    """The step rows saved inside a checkpoint (None for checkpoints written without them)."""
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("history")
+    return None if text is None else json.loads(text)
 
 
 def load_trained_prompts(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
@@ -240,22 +277,120 @@ def _write_json(path: Path, data: Any) -> None:
         f.write("\n")
 
 
+def _samples_digest(dataset: Any) -> str | None:
+    """A short hash of the dataset's item list (image, mask, label), or None for other datasets."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    rows = [[row.get("img_path"), row.get("mask_path"), row.get("anomaly")] for row in samples]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def _run_config(model: Backbone, dataset: Any, config: TrainConfig) -> dict[str, Any]:
-    return {"train": asdict(config), "variant": model.variant, "model_source": model.source,
+    classes = getattr(dataset, "classes", None)
+    return {"train": asdict(config), "backbone": model.family, "variant": model.variant,
+            "model_source": model.source, "backbone_fingerprint": model.fingerprint(),
             "offline_model": model.is_offline, "image_size": int(dataset.image_size),
             "dataset": str(getattr(dataset, "root", "?")), "dataset_key": getattr(dataset, "key", None),
+            "classes": None if classes is None else list(classes), "samples": _samples_digest(dataset),
             "n_images": len(dataset), "temperature": model.temperature, "tipsomaly_lite": __version__,
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
-    saved = json.loads((run_dir / "config.json").read_text())["train"]
-    ours = asdict(config)
-    diff = {k: (saved.get(k), ours[k]) for k in TrainConfig._RESUME_KEYS
-            if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(ours[k]))}
+#: What must match between a run folder's config.json and this call for the run to be resumed
+#: (besides the training settings of TrainConfig._RESUME_KEYS; the epochs and cache may change).
+_RESUME_FACTS = ("dataset", "dataset_key", "classes", "samples", "n_images", "image_size", "variant",
+                 "backbone_fingerprint")
+
+
+def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:
+    """Refuse to resume a run folder whose recorded data, model or settings differ from this call's."""
+    how = "pass --no-resume (resume=False) to start again in this folder, or use a new --out folder"
+    path = run_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        saved_train = saved["train"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot resume: the run's config is missing or unreadable "
+                         f"({type(exc).__name__}: {exc}); {how}") from exc
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples == lists
+    diff = {k: (saved_train.get(k), ours["train"][k]) for k in TrainConfig._RESUME_KEYS
+            if not same(saved_train.get(k), ours["train"][k])}
+    diff.update({k: (saved.get(k, "(not recorded)"), ours[k]) for k in _RESUME_FACTS if not same(saved.get(k), ours[k])})
     if diff:
-        raise ValueError(f"{run_dir} was trained with other settings {diff} (saved, now); "
-                         "use a new --out folder or resume=False")
+        shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(f"{run_dir}: cannot resume, this run was made with other settings, data or model ({shown}); "
+                         f"{how}")
+
+
+def _epoch_losses(history: list[dict[str, float]], epochs: int) -> list[float]:
+    """Mean loss of each epoch 1..epochs, from the step rows."""
+    return [float(np.mean([r["loss"] for r in history if r["epoch"] == e])) for e in range(1, epochs + 1)]
+
+
+@contextlib.contextmanager
+def _locked_run(run_dir: Path | None) -> Iterator[None]:
+    """Hold the run folder's lock: a second training on the same folder is refused, not interleaved."""
+    if run_dir is None:
+        yield
+        return
+    try:
+        lock = file_lock(run_dir / "train.lock", wait=False, what="this run folder")
+        lock.__enter__()
+    except LockedError as exc:
+        raise ValueError(f"{exc.args[0]} (another `tipsomaly train` on the same --out?)") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _stop_if_not_finite(what: str, value: float | Tensor, epoch: int, step: int, run_dir: Path | None) -> None:
+    """Stop training with a clear error when a loss or the prompts hold NaN or inf (nothing is saved)."""
+    ok = math.isfinite(value) if isinstance(value, float) else bool(torch.isfinite(value).all())
+    if ok:
+        return
+    last = latest_checkpoint(run_dir) if run_dir is not None else None
+    kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written"
+    raise ValueError(f"training diverged at epoch {epoch}, step {step + 1}: {what} is not finite (NaN or inf); "
+                     f"stopped, {kept}. Lower the learning rate (--lr) or check the images and masks")
+
+
+def _resumed_history(run_dir: Path, checkpoint: Path, done: int, n_batches: int) -> list[dict[str, float]]:
+    """Every step row of epochs 1..done: from the checkpoint itself, else (older checkpoints) history.json."""
+    rows = _checkpoint_history(checkpoint)
+    if rows is None and (run_dir / "history.json").is_file():
+        rows = json.loads((run_dir / "history.json").read_text())["steps"]
+    rows = [row for row in rows or [] if row["epoch"] <= done]
+    counts = [sum(1 for r in rows if r["epoch"] == e) for e in range(1, done + 1)]
+    if counts != [n_batches] * done:
+        raise ValueError(f"{run_dir / 'history.json'}: the loss history of epochs 1..{done} is incomplete "
+                         f"({counts} steps, expected {n_batches} each); pass --no-resume (resume=False) to "
+                         "start again, or use a new --out folder")
+    return rows
+
+
+def _initial_prompts(prompts: Any, n_tokens: int) -> dict[str, Tensor]:
+    """``{"normal", "anomalous"}`` for :class:`PromptLearner` from ``initial_prompts`` (empty: random start)."""
+    if prompts is None:
+        return {}
+    if not isinstance(prompts, (tuple, list)) or len(prompts) != 2:
+        raise ValueError("initial_prompts must be a pair (normal (n, D), anomalous (n, D)) of tensors")
+    normal, anomalous = (torch.as_tensor(p).detach().float().cpu() for p in prompts)
+    if normal.ndim != 2 or normal.shape[0] != n_tokens:
+        raise ValueError(f"initial_prompts must hold n_tokens = {n_tokens} vectors each (TrainConfig.n_tokens), "
+                         f"got normal {tuple(normal.shape)} and anomalous {tuple(anomalous.shape)}")
+    if not (bool(torch.isfinite(normal).all()) and bool(torch.isfinite(anomalous).all())):
+        raise ValueError("initial_prompts hold NaN or inf")
+    return {"normal": normal, "anomalous": anomalous}
+
+
+def _describe_start(start: dict[str, Tensor], seed: int) -> str:
+    """How the prompts started, for config.json: the seeded random start or a digest of the given ones."""
+    if not start:
+        return f"random: randn * 0.02 from torch.Generator().manual_seed({seed})"
+    digest = hashlib.sha256(b"".join(start[k].numpy().tobytes() for k in ("normal", "anomalous"))).hexdigest()
+    return f"given: sha256 {digest[:16]} of the float32 (normal, anomalous)"
 
 
 def _batch(model: Backbone, dataset: Any, cache: FeatureCache | None, idx: list[int]) -> tuple[Tensor, Tensor]:
@@ -270,7 +405,8 @@ def _batch(model: Backbone, dataset: Any, cache: FeatureCache | None, idx: list[
 
 def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = None,
                   out_dir: str | os.PathLike | None = None, *, resume: bool = True, cache: FeatureCache | None = None,
-                  progress: bool = True, on_step: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                  progress: bool = True, on_step: Callable[[dict[str, float]], None] | None = None,
+                  initial_prompts: tuple[Tensor, Tensor] | None = None) -> TrainResult:
     """Train the pixel prompts on a dataset's images and masks (the whole split, normal images included).
 
     Args:
@@ -283,11 +419,31 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
         cache: a :class:`FeatureCache` to reuse (e.g. across runs); by default one is made as
             ``config.cache`` says.
         progress: progress bars.
-        on_step: called after every step with ``{"epoch", "step", "loss"}`` (for live plots).
+        on_step: called after every step with ``{"epoch", "step", "loss", "focal", "dice_anomalous",
+            "dice_normal"}`` (the loss and its three terms; for live plots).
+        initial_prompts: ``(normal (n, D), anomalous (n, D))`` to start from instead of the seeded
+            random start (e.g. the authors' starting prompts, or another run's; ``n`` must equal
+            ``config.n_tokens``). Ignored when resuming from a checkpoint.
     Returns:
-        :class:`TrainResult` with the learner, the loss history and the checkpoint paths.
+        :class:`TrainResult` with the learner, the loss history (the loss and its terms per step)
+        and the checkpoint paths.
+    Raises:
+        ValueError: the run folder is being trained by another process (it is locked while
+            training), or it holds a run made with other data, classes, image size, backbone
+            weights or settings (pass ``resume=False`` or use another folder), or the loss or the
+            prompts became NaN/inf (nothing of that epoch is saved).
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
+    with _locked_run(None if out_dir is None else Path(out_dir)):
+        return _train_prompts(model, dataset, config, out_dir, resume=resume, cache=cache, progress=progress,
+                              on_step=on_step, initial_prompts=initial_prompts)
+
+
+def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = None,
+                   out_dir: str | os.PathLike | None = None, *, resume: bool = True, cache: FeatureCache | None = None,
+                   progress: bool = True, on_step: Callable[[dict[str, float]], None] | None = None,
+                   initial_prompts: tuple[Tensor, Tensor] | None = None) -> TrainResult:
+    """:func:`train_prompts` once the run folder is locked."""
     config = config or TrainConfig()
     if len(dataset) == 0:
         raise ValueError("train_prompts: the dataset is empty")
@@ -295,8 +451,9 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
     size = int(dataset.image_size)
     grid = model.patch_grid(size)
     run_dir = Path(out_dir) if out_dir is not None else None
+    start = _initial_prompts(initial_prompts, config.n_tokens)
     learner = PromptLearner(model, config.n_tokens, config.prompt_set, config.class_word,
-                            generator=torch.Generator().manual_seed(config.seed))
+                            generator=torch.Generator().manual_seed(config.seed), **start)
     optimizer = torch.optim.Adam([learner.normal, learner.anomalous], lr=config.lr, betas=config.betas)
     result = TrainResult(learner)
     done = 0
@@ -305,9 +462,12 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
         if not resume:  # a fresh start must not leave older epochs that a later resume would pick up
             for old in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
                 old.unlink()
+            (run_dir / "history.json").unlink(missing_ok=True)
         last = latest_checkpoint(run_dir)
+        run_config = _run_config(model, dataset, config)
+        run_config["initial_prompts"] = _describe_start(start, config.seed)
         if last is not None:
-            _check_resumable(run_dir, config)
+            _check_resumable(run_dir, run_config)
             tensors, done = _read_checkpoint(last)
             with torch.no_grad():
                 learner.normal.copy_(tensors["normal"])
@@ -317,13 +477,11 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
                          for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
                 if state:
                     optimizer.state[param] = state
-            if (run_dir / "history.json").is_file():
-                saved = json.loads((run_dir / "history.json").read_text())
-                result.history = [row for row in saved["steps"] if row["epoch"] <= done]
-                result.epoch_losses = saved["epoch_losses"][:done]
+            result.history = _resumed_history(run_dir, last, done, n_batches=-(-len(dataset) // config.batch_size))
+            result.epoch_losses = _epoch_losses(result.history, done)
             result.checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.safetensors"))
             result.resumed_from = done
-        _write_json(run_dir / "config.json", _run_config(model, dataset, config))
+        _write_json(run_dir / "config.json", run_config)
     if cache is None and config.cache != "none":
         where = config.cache
         if where == "auto":
@@ -340,7 +498,10 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
     n_batches = (len(dataset) + config.batch_size - 1) // config.batch_size
     with flush_denormals():
         for epoch in range(done + 1, config.epochs + 1):
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch))
+            if config.shuffle:
+                order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch))
+            else:  # the authors' loader: dataset order, the same every epoch
+                order = torch.arange(len(dataset))
             losses = []
             epoch_start = time.perf_counter()
             bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress)
@@ -348,9 +509,13 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size].tolist()
                 tokens, masks = _batch(model, dataset, cache, idx)
                 optimizer.zero_grad(set_to_none=True)
-                loss = backward_step(learner, tokens, masks, model.temperature, grid)
+                terms: dict[str, float] = {}
+                loss = backward_step(learner, tokens, masks, model.temperature, grid, terms)
+                _stop_if_not_finite(f"the loss ({loss})", loss, epoch, step, run_dir)
                 optimizer.step()
-                row = {"epoch": epoch, "step": len(result.history) + 1, "loss": loss}
+                _stop_if_not_finite("the prompts", torch.cat([learner.normal.detach(), learner.anomalous.detach()]),
+                                    epoch, step, run_dir)
+                row = {"epoch": epoch, "step": len(result.history) + 1, "loss": loss, **terms}
                 result.history.append(row)
                 losses.append(row["loss"])
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -359,7 +524,9 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
             result.epoch_losses.append(float(np.mean(losses)))
             result.epoch_seconds.append(time.perf_counter() - epoch_start)
             if run_dir is not None:
-                result.checkpoints.append(_save_checkpoint(run_dir, epoch, learner, optimizer))
+                # history.json first: a kill between the two leaves it ahead of the checkpoint (a resume
+                # drops the extra rows), never behind; the checkpoint also carries the rows itself.
                 _write_json(run_dir / "history.json", {"steps": result.history, "epoch_losses": result.epoch_losses})
+                result.checkpoints.append(_save_checkpoint(run_dir, epoch, learner, optimizer, result.history))
     result.seconds = time.perf_counter() - start_time
     return result

@@ -262,6 +262,11 @@ def validate_pair(vision_shapes: Mapping[str, tuple[int, ...]], text_shapes: Map
 def _open_npz(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic == b"\x93NUMPY":
+        raise CheckpointError(f"{path}: a single .npy array, not an .npz archive of named arrays; expected a "
+                              "TIPS checkpoint written by np.savez (e.g. tips_oss_l14_highres_distilled_vision.npz)")
     try:
         # allow_pickle=False: a downloaded file must never run code or build arbitrary objects.
         return np.load(path, allow_pickle=False)
@@ -359,7 +364,34 @@ _HF_PACKED = [
 _HF_IGNORED = re.compile(r".*(position_ids|position_embedding\.weights)$")  # derived buffers
 
 
-def hf_to_npz_names(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def check_finite(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Refuse weights holding NaN or infinity (a corrupt or diverged checkpoint), naming the array.
+
+    Raises:
+        CheckpointError: ``"<where>: array '<name>' holds N NaN/inf values ..."``.
+    """
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise CheckpointError(f"{where}: array {name!r} holds {bad} NaN/inf value(s); the checkpoint is "
+                                  "corrupt or from a diverged run; download or export it again")
+
+
+def check_temperature(value, where: str) -> float:
+    """The softmax temperature as a float, refusing one that is not a positive finite number."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size != 1:
+        raise CheckpointError(f"{where}: array 'temperature' has shape {arr.shape}; expected one number")
+    temperature = float(arr.reshape(()))
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise CheckpointError(f"{where}: array 'temperature' is {temperature!r}; expected a positive finite "
+                              "number (logits are divided by it)")
+    return temperature
+
+
+def hf_to_npz_names(state: Mapping[str, np.ndarray], where: str = "HuggingFace checkpoint"
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Map a HuggingFace TIPSv2 state dict onto the (vision, text) npz names.
 
     Two spellings are understood: the hub's ``model.safetensors`` (``vision_encoder.<npz name>``,
@@ -369,12 +401,24 @@ def hf_to_npz_names(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
     are consecutive row blocks, and SwiGLU's ``w12`` output splits into (gate, up) halves.
 
     Raises:
-        CheckpointError: a name that is neither mapped nor a known derived buffer.
+        CheckpointError: a name that is neither mapped nor a known derived buffer, or two names
+            (one of each spelling) for the same tensor; the message starts with ``where``.
     """
     vision: dict[str, np.ndarray] = {}
     text: dict[str, np.ndarray] = {}
     packed: dict[str, dict[str, np.ndarray]] = {}
     unknown = []
+    # (tower, npz name) -> {packed part or None: the file's name for it}
+    origin: dict[tuple[str, str], dict] = {}
+
+    def claim(tower: str, target: str, name: str, part: str | None = None) -> None:
+        given = origin.setdefault((tower, target), {})
+        clash = given.get(part) or (given.get(None) if part else next(iter(given.values()), None))
+        if clash:
+            raise CheckpointError(f"{where}: both {clash!r} and {name!r} give the {tower} tensor {target!r}; "
+                                  "the file mixes the old and new names for one tensor, keep one")
+        given[part] = name
+
     for name, value in state.items():
         value = np.asarray(value)
         if name.startswith(("vision_encoder.", "text_encoder.")):
@@ -382,32 +426,40 @@ def hf_to_npz_names(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
             # except that the vision MLP is called c_fc / c_proj there.
             tower, rest = name.split(".", 1)
             if tower == "vision_encoder":
-                vision[re.sub(r"\.mlp\.c_fc\.", ".mlp.fc1.", re.sub(r"\.mlp\.c_proj\.", ".mlp.fc2.", rest))] = value
+                target = re.sub(r"\.mlp\.c_fc\.", ".mlp.fc1.", re.sub(r"\.mlp\.c_proj\.", ".mlp.fc2.", rest))
+                claim("vision", target, name)
+                vision[target] = value
             else:
+                target = "temperature" if rest == "temperature_contrastive" else rest
+                claim("text", target, name)
                 text[rest] = value
             continue
         for pattern, parts, template in _HF_PACKED:
             m = re.fullmatch(pattern, name)
             if m:
-                packed.setdefault(template.format(*m.groups()), {})[m.group(2)] = value
+                target = template.format(*m.groups())
+                claim("vision" if target.startswith("blocks.") else "text", target, name, m.group(2))
+                packed.setdefault(target, {})[m.group(2)] = value
                 packed[template.format(*m.groups())]["__order__"] = parts  # type: ignore[assignment]
                 break
         else:
             for pattern, template in _HF_RENAMES:
                 if re.fullmatch(pattern, name):
                     target = re.sub(pattern, template, name)
+                    claim("vision" if name.startswith("vision_model") else "text", target, name)
                     (vision if name.startswith("vision_model") else text)[target] = value
                     break
             else:
                 if not _HF_IGNORED.match(name):
                     unknown.append(name)
     if unknown:
-        raise CheckpointError(f"unrecognised HuggingFace TIPSv2 parameter names: {', '.join(sorted(unknown))}")
+        raise CheckpointError(f"{where}: unrecognised HuggingFace TIPSv2 parameter names: "
+                              f"{', '.join(sorted(unknown))}")
     for target, pieces in packed.items():
         order = pieces.pop("__order__")
         missing = [p for p in order if p not in pieces]
         if missing:
-            raise CheckpointError(f"HuggingFace checkpoint lacks the {missing} part(s) of {target}")
+            raise CheckpointError(f"{where}: lacks the {missing} part(s) of {target}")
         joined = np.concatenate([pieces[p] for p in order], axis=0)
         (vision if target.startswith("blocks.") else text)[target] = joined
     return vision, text

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import hashlib
 from pathlib import Path
 from typing import Iterable
 
@@ -22,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tipsomaly_lite import offline
-from tipsomaly_lite.backbones.base import l2_normalize
+from tipsomaly_lite.backbones.base import l2_normalize, weights_fingerprint
 from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
-                                        hf_to_npz_names, npz_shapes, read_npz, validate_pair)
+                                        check_finite, check_temperature, hf_to_npz_names, npz_shapes, read_npz,
+                                        validate_pair)
 from tipsomaly_lite.backbones.preprocess import ImageLike, check_size, preprocess
 from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant
@@ -97,19 +97,7 @@ class TIPS(nn.Module):
 
         Computed once and remembered until any weight is changed in place (tensor versions are checked).
         """
-        tensors = list(self.state_dict().items())
-        versions = tuple(t._version for _, t in tensors)
-        cached = self.__dict__.get("_fingerprint")
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        h = hashlib.sha256(f"{self.family}|{self.arch}|{self.temperature!r}".encode())
-        for name, t in tensors:
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        digest = h.hexdigest()[:16]
-        self.__dict__["_fingerprint"] = (versions, digest)
-        return digest
+        return weights_fingerprint(self, f"{self.family}|{self.arch}|{self.temperature!r}")
 
     def patch_grid(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
         """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`).
@@ -231,7 +219,10 @@ def _build(vision_arrays: dict, text_arrays: dict, tokenizer: Tokenizer, *, num_
     if tokenizer.vocab_size > arch.vocab:
         raise CheckpointError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but {text_name} "
                               f"embeds only {arch.vocab} tokens; they do not belong together")
-    temperature = float(np.asarray(text_arrays.pop("temperature")).reshape(()))
+    # Sense, not just shape: a NaN weight or a zero temperature would give NaN maps with no error.
+    check_finite(vision_arrays, vision_name)
+    check_finite(text_arrays, text_name)
+    temperature = check_temperature(text_arrays.pop("temperature"), text_name)
     # Build on the meta device and adopt the loaded tensors: no second copy of the weights.
     with torch.device("meta"):
         model = TIPS(arch, tokenizer, temperature, **kwargs)
@@ -255,6 +246,22 @@ def load_tips_files(vision: str | os.PathLike, text: str | os.PathLike, tokenize
                    text_name=str(text), variant=variant, source=f"{vision} + {text.name}",
                    image_size=image_size, is_offline=is_offline)
     return model.to(device)
+
+
+def _config_heads(config: Path) -> int | None:
+    """``vision_config.num_attention_heads`` of a HuggingFace config.json, checked for type."""
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config}: not valid JSON ({exc}); download it again") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_config", {}), dict):
+        raise CheckpointError(f"{config}: expected a JSON object with a 'vision_config' object, got "
+                              f"{type(cfg).__name__ if not isinstance(cfg, dict) else 'vision_config=' + repr(cfg.get('vision_config'))[:60]}")
+    heads = cfg.get("vision_config", {}).get("num_attention_heads")
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0):
+        raise CheckpointError(f"{config}: vision_config.num_attention_heads is {heads!r}; expected a positive "
+                              "integer")
+    return heads
 
 
 def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device, download: bool) -> TIPS:
@@ -290,10 +297,17 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
     if not tok.is_file():
         raise FileNotFoundError(f"{spec}: no tokenizer.model in {tok.parent} (the TIPS SentencePiece model)")
     if num_heads is None and config.is_file():
-        num_heads = json.loads(config.read_text()).get("vision_config", {}).get("num_attention_heads")
-    # Through torch, not numpy: hub files may hold bf16, which numpy cannot represent.
-    state = {k: v.float().numpy() for k, v in load_file(str(weights)).items()}
-    vision_arrays, text_arrays = hf_to_npz_names(state)
+        num_heads = _config_heads(config)
+    from safetensors import SafetensorError
+
+    try:
+        # Through torch, not numpy: hub files may hold bf16, which numpy cannot represent.
+        state = {k: v.float().numpy() for k, v in load_file(str(weights)).items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"{weights}: not a readable safetensors file (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {detail}") from None
+    vision_arrays, text_arrays = hf_to_npz_names(state, where=str(weights))
     model = _build(vision_arrays, text_arrays, Tokenizer(tok), num_heads=num_heads, vision_name=str(weights),
                    text_name=str(weights), variant=spec, source=str(weights), image_size=image_size)
     return model.to(device)

@@ -42,7 +42,7 @@ class Tokenizer:
             raise FileNotFoundError(
                 f"tokenizer model not found: {self.path}. TIPS uses one SentencePiece model for all "
                 "variants (v1_0/checkpoints/tokenizer.model on the TIPS bucket); fetch it with "
-                "`python data_scripts/fetch_tips.py VARIANT` or pass tokenizer=PATH")
+                "`tipsomaly fetch VARIANT` or pass tokenizer=PATH")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except (RuntimeError, OSError) as exc:

@@ -1,18 +1,143 @@
-"""The machinery of the self-checks: print ✅/❌, raise in CI, compare numbers and functions."""
+"""The machinery of the self-checks: print ✅/❌, raise in CI, compare numbers and functions.
+
+Help is graded, so that a student is not handed the answer by running an untouched exercise:
+
+1. every failure says *what* is wrong: the shape, the type, where the first mismatch is;
+2. ``checks.hint("text_positions")`` gives a hint (shown by itself after :data:`HINT_AFTER`
+   failures of the same exercise);
+3. ``checks.solution("text_positions")`` shows the package's own implementation, only when asked.
+
+An exercise's check is a function decorated with :func:`exercise`, which registers its hint.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
 import math
 import os
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["STRICT_ENV", "CheckFailed", "strict", "report", "check_close", "check_function",
-           "check_true", "check_in_range", "random_inputs"]
+__all__ = ["STRICT_ENV", "HINT_AFTER", "CheckFailed", "strict", "report", "check_close", "check_function",
+           "check_true", "check_in_range", "random_inputs", "exercise", "hint", "solution", "as_number",
+           "UNANSWERED"]
 
 STRICT_ENV = "TIPSOMALY_STRICT_CHECKS"
+#: The hint shows by itself from this failure of the same exercise on (before: on request).
+HINT_AFTER = 3
+#: The last line of every failure whose answer is None or ``...`` (an untouched exercise).
+UNANSWERED = "the answer is None (is the exercise still `...`?)"
+
+
+@dataclass(frozen=True)
+class _Exercise:
+    key: str
+    hint: str
+    reference: Callable[..., Any] | None
+
+
+_EXERCISES: dict[str, _Exercise] = {}
+_FAILURES: dict[str, int] = {}
+_CURRENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tipsomaly_exercise", default=None)
+
+
+def exercise(hint: str, reference: Callable[..., Any] | str | None = None) -> Callable[[Callable], Callable]:
+    """Register a check function as an exercise, under its function name, with its hint.
+
+    Args:
+        hint: what to look at; a nudge, never the code of the answer.
+        reference: the package's implementation of the step (a function, or its dotted path,
+            imported only when :func:`solution` is asked for).
+    Returns:
+        A decorator; while the check runs, :func:`report` knows which exercise it reports on.
+    """
+    def wrap(check: Callable) -> Callable:
+        key = check.__name__
+        _EXERCISES[key] = _Exercise(key, hint, reference)
+
+        @functools.wraps(check)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            token = _CURRENT.set(key)
+            try:
+                return check(*args, **kwargs)
+            finally:
+                _CURRENT.reset(token)
+        return run
+    return wrap
+
+
+def _lookup(name: Any) -> _Exercise:
+    key = getattr(name, "__name__", name)
+    if key not in _EXERCISES:
+        raise KeyError(f"checks.hint: no exercise named {key!r}; one of {sorted(_EXERCISES)}")
+    return _EXERCISES[key]
+
+
+def hint(name: str | Callable) -> None:
+    """Print the hint of an exercise, e.g. ``checks.hint("text_positions")`` (nothing returned: shown once).
+
+    Args:
+        name: the check's name, or the check itself (``checks.hint(checks.text_positions)``).
+    Raises:
+        KeyError: no exercise has that name (the message lists them).
+    Taught in notebooks/00_setup.ipynb.
+    """
+    ex = _lookup(name)
+    more = f'\n   (still stuck? checks.solution("{ex.key}") shows the package\'s version)' if ex.reference else ""
+    print(f"💡 {ex.key}: {ex.hint}{more}")
+
+
+def solution(name: str | Callable) -> None:
+    """Print the source of the package function an exercise is checked against (or why there is none).
+
+    Only for when you have tried: reading it after writing your own is how to learn from it.
+
+    Args:
+        name: the check's name, or the check itself.
+    """
+    ex = _lookup(name)
+    ref = ex.reference
+    if isinstance(ref, str):
+        import importlib
+
+        parts = ref.split(".")
+        for cut in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
+            try:
+                obj: Any = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+            ref = obj
+            break
+    if ref is None:
+        text = f"{ex.key} checks a property, not one reference function: see its docstring (help(checks.{ex.key}))"
+    else:
+        text = f"# {ref.__module__}.{ref.__qualname__}\n" + inspect.getsource(ref)
+    print(text)
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` as a Python float when it is one number (Python, NumPy or torch; 0-d or one element).
+
+    Returns:
+        The float, or None when ``value`` is not a single number (None, text, several values...).
+    """
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
 
 
 class CheckFailed(AssertionError):
@@ -26,33 +151,64 @@ def strict() -> bool:
     return on(STRICT_ENV) or on("CI")
 
 
-def _short(value: Any, limit: int = 300) -> str:
+def _short(value: Any, limit: int = 300, around: int | None = None) -> str:
+    """A tensor or array as ``tensor(shape) dtype: [values]``: six values from the start, or around
+    the flat index ``around`` (the first mismatch), with that value marked ``>x<``."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        value = torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        text = f"tensor{tuple(value.shape)} {value.dtype}: " + repr(value.flatten()[:6].tolist())
-        text = text[:-1] + (", …]" if value.numel() > 6 else "]")
+        flat = value.flatten()
+        lo = 0 if around is None else max(0, around - 2)
+        hi = min(flat.numel(), lo + 6)
+        values = [f"{v:.6g}" if isinstance(v, float) else repr(v) for v in flat[lo:hi].tolist()]
+        shown = [f">{v}<" if lo + j == around else v for j, v in enumerate(values)]
+        text = (f"tensor{tuple(value.shape)} {value.dtype}: [" + ("…, " if lo else "") + ", ".join(shown)
+                + (", …]" if hi < flat.numel() else "]"))
     else:
         text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def report(name: str, passed: bool, expected: Any = None, got: Any = None, hint: str = "") -> bool:
+def _unanswered(value: Any) -> bool:
+    return value is None or value is Ellipsis
+
+
+def report(name: str, passed: bool, expected: Any = None, got: Any = None, hint: str = "", *,
+           around: int | None = None) -> bool:
     """Print ✅/❌ for one check; raise :class:`CheckFailed` on failure when :func:`strict`.
+
+    Inside an :func:`exercise`, a failure also points at ``checks.hint(...)``, and shows the hint
+    itself from the :data:`HINT_AFTER`-th failure of that exercise on. An answer that is None or
+    ``...`` always ends with the :data:`UNANSWERED` line.
 
     Args:
         name: what was checked, shown to the student.
         passed: the verdict.
-        expected, got: shown on failure (tensors are abbreviated).
-        hint: shown on failure: where to look.
+        expected, got: shown on failure (tensors are abbreviated around ``around``).
+        hint: shown on failure: what is wrong or where to look (never the answer's code).
+        around: flat index of the first mismatch, for the abbreviated tensors.
     Returns:
         ``passed``.
     """
     if passed:
         print(f"✅ {name}")
         return True
-    lines = [f"❌ {name}", f"   expected: {_short(expected)}", f"   got:      {_short(got)}"]
-    if hint:
-        lines.append(f"   hint:     {hint}")
+    lines = [f"❌ {name}", f"   expected: {_short(expected, around=around)}",
+             f"   got:      {_short(got, around=around)}"]
+    if hint and UNANSWERED not in hint:
+        lines.append(f"   wrong:    {hint}")
+    key = _CURRENT.get()
+    unanswered = _unanswered(got) or UNANSWERED in hint
+    if key is not None:
+        if not unanswered:  # an untouched exercise is not an attempt
+            _FAILURES[key] = _FAILURES.get(key, 0) + 1
+        if _FAILURES.get(key, 0) >= HINT_AFTER:
+            lines.append(f"   hint:     {_EXERCISES[key].hint}")
+        else:
+            lines.append(f'   stuck?    checks.hint("{key}") gives a hint')
+    if unanswered:
+        lines.append(f"   {UNANSWERED}")
     message = "\n".join(lines)
     print(message)
     if strict():
@@ -60,33 +216,49 @@ def report(name: str, passed: bool, expected: Any = None, got: Any = None, hint:
     return False
 
 
-def _close(got: Any, expected: Any, atol: float, rtol: float) -> tuple[bool, str]:
-    """Compare numbers, tensors and arrays; ``(ok, reason)``."""
-    if got is None:
-        return False, "the answer is None (is the exercise still `...`?)"
+def _as_float64(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double()
+    return torch.from_numpy(np.array(value, dtype=np.float64))
+
+
+def _close(got: Any, expected: Any, atol: float, rtol: float) -> tuple[bool, str, int | None]:
+    """Compare numbers, tensors and arrays of any numeric type; ``(ok, reason, first mismatch)``.
+
+    One number may come as a Python, NumPy or torch scalar, or a 0-d / one-element array or tensor.
+    The mismatch is a flat index into ``expected`` (None when there is none or shapes differ).
+    """
+    if _unanswered(got):
+        return False, UNANSWERED, None
     try:
-        g = torch.as_tensor(got, dtype=torch.float64) if not isinstance(got, torch.Tensor) else got.detach().double().cpu()
-        e = torch.as_tensor(expected, dtype=torch.float64) if not isinstance(expected, torch.Tensor) \
-            else expected.detach().double().cpu()
+        g, e = _as_float64(got), _as_float64(expected)
     except (TypeError, ValueError, RuntimeError) as err:
-        return False, f"not a number or tensor ({err})"
+        return False, f"not a number or tensor ({type(got).__name__}: {err})", None
+    if e.numel() == 1 and g.numel() == 1:
+        g, e = g.reshape(()), e.reshape(())
     if g.shape != e.shape:
-        return False, f"shape {tuple(g.shape)}, expected {tuple(e.shape)}"
-    if torch.isnan(e).any() or torch.isnan(g).any():
-        same = torch.equal(torch.isnan(g), torch.isnan(e))
-        keep = ~torch.isnan(e)
-        if not same:
-            return False, "NaN where a number was expected (or the reverse)"
-        g, e = g[keep], e[keep]
-    ok = bool(torch.allclose(g, e, atol=atol, rtol=rtol))
-    return ok, "" if ok else f"largest difference {float((g - e).abs().max()):.3g}"
+        return False, f"shape {tuple(g.shape)}, expected {tuple(e.shape)}", None
+    bad = ~torch.isclose(g, e, atol=atol, rtol=rtol, equal_nan=True)
+    if not bad.any():
+        return True, "", None
+    first = int(bad.flatten().nonzero()[0, 0])
+    where = ""
+    if e.dim() > 0:
+        index = np.unravel_index(first, tuple(e.shape))
+        where = f" at index {list(int(i) for i in index)}"
+    e_at, g_at = float(e.flatten()[first]), float(g.flatten()[first])
+    nan_note = " (NaN where a number was expected, or the reverse)" if math.isnan(e_at) != math.isnan(g_at) else ""
+    diff = (g - e).abs()
+    largest = float(diff[~torch.isnan(diff)].max()) if (~torch.isnan(diff)).any() else float("nan")
+    return False, (f"first mismatch{where}: expected {e_at:.6g}, got {g_at:.6g}{nan_note}; "
+                   f"{int(bad.sum())} of {e.numel()} values differ, largest difference {largest:.3g}"), first
 
 
 def check_close(name: str, got: Any, expected: Any, *, atol: float = 1e-5, rtol: float = 1e-4,
                 hint: str = "") -> bool:
-    """✅ when ``got`` equals ``expected`` within tolerance (same shape, NaN where NaN)."""
-    ok, why = _close(got, expected, atol, rtol)
-    return report(name, ok, expected, got, "; ".join(x for x in (why, hint) if x))
+    """✅ when ``got`` equals ``expected`` within tolerance (same shape, NaN where NaN; any numeric type)."""
+    ok, why, first = _close(got, expected, atol, rtol)
+    return report(name, ok, expected, got, "; ".join(x for x in (why, hint) if x), around=first)
 
 
 def check_function(name: str, fn: Callable[..., Any], reference: Callable[..., Any],
@@ -104,9 +276,10 @@ def check_function(name: str, fn: Callable[..., Any], reference: Callable[..., A
         except Exception as err:  # noqa: BLE001 - the student's code may raise anything; show it
             last = traceback.format_exception_only(type(err), err)[-1].strip()
             return report(name, False, expected, f"an exception on input {i}: {last}", hint)
-        ok, why = _close(got, expected, atol, rtol)
+        ok, why, first = _close(got, expected, atol, rtol)
         if not ok:
-            return report(name, False, expected, got, "; ".join(x for x in (f"input {i}: {why}", hint) if x))
+            return report(name, False, expected, got, "; ".join(x for x in (f"input {i}: {why}", hint) if x),
+                          around=first)
     return report(name, True)
 
 
@@ -117,9 +290,8 @@ def check_true(name: str, condition: bool, expected: str, got: Any, hint: str = 
 
 def check_in_range(name: str, got: Any, low: float, high: float, hint: str = "") -> bool:
     """✅ when ``low <= got <= high`` (a finite number)."""
-    try:
-        value = float(got)
-    except (TypeError, ValueError):
+    value = as_number(got)
+    if value is None:
         return report(name, False, f"a number in [{low}, {high}]", got, hint)
     ok = math.isfinite(value) and low <= value <= high
     return report(name, ok, f"a number in [{low}, {high}]", got, hint)

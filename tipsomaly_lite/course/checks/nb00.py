@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tipsomaly_lite.course.checks.core import report
+from tipsomaly_lite.course.checks.core import exercise, report
 
 __all__: list[str] = ["class_counts", "file_sha256"]
 
@@ -40,6 +40,8 @@ def _synthetic_meta(seed: int) -> dict[str, Any]:
     return meta
 
 
+@exercise("count the rows of meta['test'] only, and trust each row's 'anomaly' field (0 or 1), not its folder "
+          "name: BTAD's normal folder is 'ok', not 'good'", reference="tipsomaly_lite.data.prepare._counts")
 def class_counts(fn: Callable[[dict[str, Any]], dict[str, tuple[int, int]]]) -> bool:
     """Exercise: ``fn(meta) -> {class: (normal, anomalous)}`` over the **test** split of a ``meta.json`` dict.
 
@@ -56,24 +58,28 @@ def class_counts(fn: Callable[[dict[str, Any]], dict[str, tuple[int, int]]]) -> 
     from tipsomaly_lite.data.prepare import _counts
 
     name = "test images per class (normal, anomalous)"
-    hint = ("count meta['test'] only, and trust the 'anomaly' field (0/1), not the folder name: BTAD's normal "
-            "folder is 'ok'")
     for seed in range(3):
         meta = _synthetic_meta(seed)
         expected = _counts(meta)
         try:
             got = fn(meta)
         except Exception as err:  # noqa: BLE001 - show the student's error, never swallow it
-            return report(name, False, expected, f"an exception: {type(err).__name__}: {err}", hint)
+            return report(name, False, expected, f"an exception: {type(err).__name__}: {err}")
+        if got is None:
+            return report(name, False, expected, None)
         try:
             normalised = {str(k): (int(v[0]), int(v[1])) for k, v in got.items()}
         except (AttributeError, TypeError, ValueError, IndexError):
-            return report(name, False, expected, got, "return a dict {class: (normal, anomalous)}; " + hint)
+            return report(name, False, expected, got, "return a dict {class: (normal, anomalous)}")
         if normalised != expected:
-            return report(name, False, expected, got, hint)
+            wrong = sorted(k for k in expected if normalised.get(k) != expected[k])
+            return report(name, False, expected, got, f"seeded meta {seed}: the counts of {wrong} differ")
     return report(name, True)
 
 
+@exercise("hash the file in pieces: one SHA-256 object from hashlib, fed every chunk the open file gives "
+          "(in binary mode) until a read returns nothing, then its hex digest",
+          reference="tipsomaly_lite.data.download.sha256_file")
 def file_sha256(fn: Callable[[str | os.PathLike], str]) -> bool:
     """Exercise: ``fn(path) -> hex digest``, the SHA-256 of a file read in chunks.
 
@@ -89,7 +95,6 @@ def file_sha256(fn: Callable[[str | os.PathLike], str]) -> bool:
     from tipsomaly_lite.data.download import sha256_file
 
     name = "SHA-256 of a file, read in chunks"
-    hint = "hashlib.sha256(), then h.update(chunk) for every chunk until f.read(chunk_size) returns b''"
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         for size in (0, 1000, 3 * 2**20 + 123):
@@ -99,8 +104,11 @@ def file_sha256(fn: Callable[[str | os.PathLike], str]) -> bool:
             try:
                 got = fn(path)
             except Exception as err:  # noqa: BLE001
-                return report(name, False, expected, f"an exception on a {size}-byte file: {type(err).__name__}: {err}",
-                              hint)
-            if not isinstance(got, str) or got.strip().lower() != expected:
-                return report(name, False, expected, got, f"a {size}-byte file; " + hint)
+                return report(name, False, expected, f"an exception on a {size}-byte file: {type(err).__name__}: {err}")
+            if got is None:
+                return report(name, False, expected, None)
+            if not isinstance(got, str):
+                return report(name, False, expected, got, f"a {size}-byte file: return the hex digest as a str")
+            if got.strip().lower() != expected:
+                return report(name, False, expected, got, f"a {size}-byte file gives another digest")
     return report(name, True)

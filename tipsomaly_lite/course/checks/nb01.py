@@ -6,11 +6,14 @@ from typing import Callable
 
 from torch import Tensor
 
-from tipsomaly_lite.course.checks.core import check_function, random_inputs
+from tipsomaly_lite.course.checks.core import check_function, exercise, random_inputs
 
 __all__: list[str] = ["text_positions", "pos_embed_resize"]
 
 
+@exercise("all the sines first, then all the cosines (not interleaved); the frequencies use n = width / 2 and "
+          "divide the exponent by (n - 1), not by n",
+          reference="tipsomaly_lite.backbones.tips.text.sinusoidal_positions")
 def text_positions(fn: Callable[[int, int], Tensor]) -> bool:
     """Exercise: the text tower's fixed sinusoidal positions, ``fn(length, width) -> (length, width)``.
 
@@ -28,11 +31,13 @@ def text_positions(fn: Callable[[int, int], Tensor]) -> bool:
 
     return check_function(
         "sinusoidal text positions", fn, sinusoidal_positions, [(64, 64), (7, 10), (64, 1024)],
-        atol=1e-5, rtol=1e-4,
-        hint="n = width // 2; angles = arange(length)[:, None] * inv[None, :]; "
-             "torch.cat([sin(angles), cos(angles)], dim=1): all sines first, then all cosines")
+        atol=1e-5, rtol=1e-4)
 
 
+@exercise("keep the CLS entry apart; the other entries are a G x G grid of D-vectors: bring D to the channel "
+          "axis before resizing (a plain reshape scrambles the grid); resize bilinearly, with antialias and "
+          "align_corners off, to exactly (gh, gw); put the CLS entry back in front",
+          reference="tipsomaly_lite.backbones.tips.vision.resize_pos_embed")
 def pos_embed_resize(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bool:
     """Exercise: resize a ``(1, 1 + G*G, D)`` position embedding to any ``gh x gw`` patch grid.
 
@@ -53,7 +58,4 @@ def pos_embed_resize(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bool:
         (pos,) = random_inputs(seed, (1, 1 + 32 * 32, 8))
         inputs.append((pos, grid))
     return check_function(
-        "position-embedding resize", fn, resize_pos_embed, inputs, atol=1e-5, rtol=1e-4,
-        hint="keep pos_embed[:, :1]; reshape the rest to (1, G, G, D) and permute to (1, D, G, G) (a plain "
-             "reshape to (1, D, G, G) scrambles it); F.interpolate(size=(gh, gw), mode='bilinear', "
-             "align_corners=False, antialias=True); back to (1, gh*gw, D); concatenate the CLS entry first")
+        "position-embedding resize", fn, resize_pos_embed, inputs, atol=1e-5, rtol=1e-4)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from tipsomaly_lite.course.checks.core import check_function, report
+from tipsomaly_lite.course.checks.core import as_number, check_function, exercise, report
 
 __all__: list[str] = ["patch_similarity_map", "delta_for_probability"]
 
@@ -15,6 +15,8 @@ __all__: list[str] = ["patch_similarity_map", "delta_for_probability"]
 _CHECK_SIZE = (84, 126)
 
 
+@exercise("normalise both the patch tokens and the text features; patch i sits at row i // gw, column i % gw",
+          reference="tipsomaly_lite.method.maps.similarity_maps")
 @torch.no_grad()
 def patch_similarity_map(fn: Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], Any], model: Any) -> bool:
     """Exercise 1 of notebook 02: cosine maps from raw patch tokens and raw text features.
@@ -38,9 +40,10 @@ def patch_similarity_map(fn: Callable[[torch.Tensor, torch.Tensor, tuple[int, in
     grid = model.patch_grid(_CHECK_SIZE)
     return check_function("patch_similarity_map: (B, T, gh, gw) cosines on the patch grid", fn,
                           lambda *_: similarity_maps(model, images, texts), [(patches, text, grid)],
-                          atol=1e-4, hint="normalise both sides; patch i sits at row i // gw, column i % gw")
+                          atol=1e-4)
 
 
+@exercise("p = sigmoid(Δ / T): invert the sigmoid (the logit), then undo the division by T")
 def delta_for_probability(fn: Callable[[float, float], Any]) -> bool:
     """Exercise 2 of notebook 02: the cosine difference that gives ``P(anomalous) = p``.
 
@@ -56,22 +59,22 @@ def delta_for_probability(fn: Callable[[float, float], Any]) -> bool:
     from tipsomaly_lite.method.scoring import two_way_probabilities
 
     name = "delta_for_probability: the cosine difference for P(anomalous) = p"
-    hint = "p = sigmoid(Δ / T); invert the sigmoid (the logit), then undo the division by T"
     for p, temperature in [(0.9, 0.005), (0.5, 0.005), (0.2, 0.01), (0.99, 0.005)]:
         try:
             answer = fn(p, temperature)
-            if answer is None:
-                return report(name, False, f"a number for p={p}, T={temperature}",
-                              "None (is the exercise still `...`?)", hint)
-            delta = float(answer)
         except Exception as err:  # noqa: BLE001 - show the student's error, never swallow it
-            return report(name, False, f"a number for p={p}, T={temperature}", f"an exception: {err!r}", hint)
+            return report(name, False, f"a number for p={p}, T={temperature}", f"an exception: {err!r}")
+        if answer is None or answer is Ellipsis:
+            return report(name, False, f"a number for p={p}, T={temperature}", answer)
+        delta = as_number(answer)
+        if delta is None:
+            return report(name, False, f"a number for p={p}, T={temperature}", answer, "not one number")
         if not (math.isfinite(delta) and abs(delta) < 1):
-            return report(name, False, f"a cosine difference in (-1, 1) for p={p}, T={temperature}", delta, hint)
+            return report(name, False, f"a cosine difference in (-1, 1) for p={p}, T={temperature}", delta)
         z = torch.tensor([[[1.0, 0.0]]])                                                # (1, 1, 2)
         text = torch.tensor([[0.0, 1.0], [delta, math.sqrt(1 - delta ** 2)]])           # cos 0 and cos delta
         got = float(two_way_probabilities(z, text, temperature)[0, 0, 1])
         if not math.isclose(got, p, abs_tol=1e-4):
             return report(name, False, f"P(anomalous) = {p} at T = {temperature}",
-                          f"Δ = {delta:.5g} gives P(anomalous) = {got:.4f}", hint)
+                          f"Δ = {delta:.5g} gives P(anomalous) = {got:.4f}")
     return report(name, True)

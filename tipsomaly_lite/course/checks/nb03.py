@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tipsomaly_lite.course.checks.core import check_function, random_inputs
+from tipsomaly_lite.course.checks.core import check_function, exercise, random_inputs
 
 __all__: list[str] = ["image_scores_by_class", "f1_max_by_hand"]
 
@@ -29,6 +29,9 @@ def _mixed_batches() -> list[tuple]:
     return out
 
 
+@exercise("normalise the CLS tokens; give each image its own class's (normal, anomalous) pair of text features; "
+          "softmax over the two cosines divided by T; keep the anomalous column",
+          reference="tipsomaly_lite.method.scoring.global_score")
 def image_scores_by_class(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], Any]) -> bool:
     """Exercise 1 of notebook 03: P(anomalous) of each image against its own class's text pair.
 
@@ -44,9 +47,7 @@ def image_scores_by_class(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor
     from tipsomaly_lite.method.scoring import global_score
 
     return check_function("score_images: each image against its own class's (normal, anomalous) pair", fn,
-                          lambda g, text, index, t: global_score(g, text[index], t), _mixed_batches(),
-                          hint="normalise the CLS tokens; pick text_features[class_index]; softmax over the two "
-                               "cosines / T; return the anomalous column")
+                          lambda g, text, index, t: global_score(g, text[index], t), _mixed_batches())
 
 
 def _ranked_inputs() -> list[tuple]:
@@ -61,6 +62,8 @@ def _ranked_inputs() -> list[tuple]:
     return out
 
 
+@exercise("one threshold per distinct score (tied images are predicted together), keep the best F1; "
+          "not one fixed threshold such as 0.5", reference="tipsomaly_lite.eval.metrics.f1_max")
 def f1_max_by_hand(fn: Callable[[np.ndarray, np.ndarray], Any]) -> bool:
     """Exercise 2 of notebook 03: F1-max over every threshold, ties grouped.
 
@@ -75,6 +78,4 @@ def f1_max_by_hand(fn: Callable[[np.ndarray, np.ndarray], Any]) -> bool:
     from tipsomaly_lite.eval.metrics import f1_max
 
     return check_function("f1_max_by_hand: the best 2PR/(P+R) over the distinct thresholds", fn,
-                          lambda y, s: f1_max(y, s), _ranked_inputs(), atol=1e-9, rtol=1e-9,
-                          hint="one threshold per distinct score (tied images are predicted together); "
-                               "not one fixed threshold such as 0.5")
+                          lambda y, s: f1_max(y, s), _ranked_inputs(), atol=1e-9, rtol=1e-9)

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from tipsomaly_lite.course.checks.core import check_function, random_inputs
+from tipsomaly_lite.course.checks.core import check_function, exercise, random_inputs
 
 __all__: list[str] = ["batch_loss", "pixel_f1"]
 
@@ -23,6 +23,9 @@ def _masks(seed: int, batch: int, size: int) -> Tensor:
     return masks
 
 
+@exercise("patch_probabilities gives (B, N, 2): the two probability channels must come before the grid axes "
+          "when you lay them out as (B, 2, gh, gw); upsample bilinearly (align_corners off) to the masks' size, "
+          "then segmentation_loss", reference="tipsomaly_lite.method.training.training_loss")
 def batch_loss(fn: Callable[[Tensor, Tensor, Tensor, float, tuple[int, int]], Tensor]) -> bool:
     """Exercise: the prompt-training loss of one batch, from frozen patch tokens and text features.
 
@@ -47,12 +50,12 @@ def batch_loss(fn: Callable[[Tensor, Tensor, Tensor, float, tuple[int, int]], Te
         tokens, text = random_inputs(seed, (3, grid[0] * grid[1], 16), (2, 16), normalize=True)
         inputs.append((tokens, text, _masks(seed, 3, 28), 0.07, grid))
     return check_function(
-        "the training loss of a batch", fn, reference, inputs, atol=1e-5, rtol=1e-4,
-        hint="patch_probabilities gives (B, N, 2): move the 2 channels first (transpose) before reshaping to "
-             "(B, 2, gh, gw); then F.interpolate(..., size=masks.shape[-2:], mode='bilinear', "
-             "align_corners=False) and segmentation_loss")
+        "the training loss of a batch", fn, reference, inputs, atol=1e-5, rtol=1e-4)
 
 
+@exercise("pool every pixel of every image together, then take the best 2PR/(P+R) over all thresholds "
+          "(a precision-recall curve); not an F1 per image, not a fixed threshold",
+          reference="tipsomaly_lite.eval.metrics.pixel_f1_max")
 def pixel_f1(fn: Callable[[Tensor, Tensor], float]) -> bool:
     """Exercise: pixel F1-max, the best ``2PR/(P+R)`` over all thresholds with every pixel pooled.
 
@@ -79,6 +82,4 @@ def pixel_f1(fn: Callable[[Tensor, Tensor], float]) -> bool:
         maps = (0.35 * masks + 0.25 * noise + 0.3).clamp(0, 1).half().float()
         inputs.append((maps, masks))
     return check_function(
-        "pixel F1-max", fn, reference, inputs, atol=1e-6, rtol=1e-6,
-        hint="pool every pixel of every image (flatten), take sklearn's precision_recall_curve and the largest "
-             "2PR/(P+R); not an F1 per image, not a fixed threshold")
+        "pixel F1-max", fn, reference, inputs, atol=1e-6, rtol=1e-6)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from tipsomaly_lite.course.checks.core import check_function, report
+from tipsomaly_lite.course.checks.core import check_function, exercise, report
 from tipsomaly_lite.eval.metrics import MetricWarning, PixelAccumulator, aupro
 
 __all__: list[str] = ["per_region_overlap", "aupro_gap", "pro_exercise_inputs", "aupro_gap_mask"]
@@ -60,6 +60,8 @@ def _pro_reference(pred: np.ndarray, mask: np.ndarray) -> float:
     return float(pro_numerator[0] / acc.n_regions)
 
 
+@exercise("average over regions, not pixels (a small region weighs as much as a big one); label each image "
+          "separately, with 8-connectivity", reference="tipsomaly_lite.course.checks.nb06._pro_reference")
 def per_region_overlap(fn: Callable[[np.ndarray, np.ndarray], float]) -> bool:
     """Exercise: ``fn(pred, mask)`` -> the per-region overlap (PRO) of one binary prediction.
 
@@ -72,9 +74,7 @@ def per_region_overlap(fn: Callable[[np.ndarray, np.ndarray], float]) -> bool:
         True when ``fn`` equals the package's PRO (from :class:`~tipsomaly_lite.eval.metrics.PixelAccumulator`).
     """
     return check_function("per-region overlap (PRO) of a binary prediction", fn, _pro_reference,
-                          pro_exercise_inputs(), atol=1e-9, rtol=1e-9,
-                          hint="average over regions, not pixels (a small region weighs as much as a big one); "
-                               "label each image separately, with 8-connectivity (structure=np.ones((3, 3)))")
+                          pro_exercise_inputs(), atol=1e-9, rtol=1e-9)
 
 
 def aupro_gap_mask(size: int = 64) -> np.ndarray:
@@ -85,6 +85,8 @@ def aupro_gap_mask(size: int = 64) -> np.ndarray:
     return mask
 
 
+@exercise("compat only looks at thresholds with FPR < 0.3 and stretches their FPRs to [0, 1]: what happens to "
+          "false alarms that are hotter than the defect? (nan = compat was undefined)")
 def aupro_gap(make_map: Callable[[np.ndarray], np.ndarray]) -> bool:
     """Exercise: ``make_map(mask)`` -> an anomaly map the two AUPRO definitions disagree on.
 
@@ -103,9 +105,15 @@ def aupro_gap(make_map: Callable[[np.ndarray], np.ndarray]) -> bool:
         return report(name, False, expected, make_map)
     mask = aupro_gap_mask()
     try:
-        amap = np.asarray(make_map(mask.copy()), dtype=np.float32)
+        answer = make_map(mask.copy())
     except Exception as err:  # noqa: BLE001 - show the student's error
         return report(name, False, expected, f"an exception: {type(err).__name__}: {err}")
+    if answer is None or answer is Ellipsis:
+        return report(name, False, expected, answer)
+    try:
+        amap = (answer.detach().cpu().numpy() if hasattr(answer, "detach") else np.asarray(answer)).astype(np.float32)
+    except (TypeError, ValueError) as err:
+        return report(name, False, f"a float map of shape {mask.shape}", answer, f"not numbers ({err})")
     if amap.shape != mask.shape:
         return report(name, False, f"a map of shape {mask.shape}", f"shape {amap.shape}")
     with warnings.catch_warnings():
@@ -115,6 +123,4 @@ def aupro_gap(make_map: Callable[[np.ndarray], np.ndarray]) -> bool:
     got = f"standard {standard:.3f}, compat {compat:.3f}"
     ok = (math.isfinite(standard) and math.isfinite(compat) and standard <= GAP_STANDARD_AT_MOST
           and compat >= GAP_COMPAT_AT_LEAST)
-    return report(name, ok, expected, got,
-                  "compat only looks at thresholds with FPR < 0.3 and stretches their FPRs to [0, 1]: what "
-                  "happens to false alarms that are hotter than the defect? (nan = compat was undefined)")
+    return report(name, ok, expected, got)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tipsomaly_lite.course.checks.core import check_function, random_inputs, report
+from tipsomaly_lite.course.checks.core import as_number, check_function, exercise, random_inputs, report
 from tipsomaly_lite.eval.metrics import f1_max
 from tipsomaly_lite.method.maps import upsample_map
 
@@ -38,6 +38,8 @@ def _tightest_threshold(scores: np.ndarray, alpha: float) -> float:
     return float(scores.max())
 
 
+@exercise("flag = score > threshold; too many flagged: the threshold is too low (the wrong tail?); too few: it "
+          "could be lower (a high quantile of the normal scores, or the next score up)")
 def normal_threshold(fn: Callable[[Any, float], float]) -> bool:
     """Exercise: ``fn(normal_scores, max_false_alarm)`` -> the lowest threshold that keeps false alarms in bounds.
 
@@ -57,15 +59,18 @@ def normal_threshold(fn: Callable[[Any, float], float]) -> bool:
     for i, (scores, alpha) in enumerate(_normal_score_sets()):
         expected = _flagged_share(scores, _tightest_threshold(scores, alpha))
         try:
-            t = float(fn(torch.from_numpy(scores), alpha))
+            answer = fn(torch.from_numpy(scores), alpha)
         except Exception as err:  # noqa: BLE001 - show the student's error
             return report(name, False, "a number", f"an exception on input {i}: {type(err).__name__}: {err}")
+        t = as_number(answer)
+        if t is None:
+            return report(name, False, "a number", answer,
+                          "" if answer is None or answer is Ellipsis else "not one number")
         got = _flagged_share(scores, t)
         if got != expected:
             return report(name, False, f"input {i} (max_false_alarm={alpha}): {expected:.3f} of normal images flagged",
                           f"threshold {t:.4f} flags {got:.3f}",
-                          "flag = score > threshold; too many flagged: threshold too low (wrong tail?); "
-                          "too few: it could be lower (a high quantile of the normal scores, or the next score up)")
+                          "too many flagged" if got > expected else "too few flagged")
     return report(name, True)
 
 
@@ -88,6 +93,7 @@ def _f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+@exercise("try every score as the threshold and keep the one with the best F1 = 2TP / (2TP + FP + FN)")
 def f1_threshold(fn: Callable[[Any, Any], float]) -> bool:
     """Exercise: ``fn(labels, scores)`` -> the threshold whose F1 is the F1-max of the papers.
 
@@ -105,13 +111,16 @@ def f1_threshold(fn: Callable[[Any, Any], float]) -> bool:
     for i, (labels, scores) in enumerate(_labelled_score_sets()):
         best = f1_max(labels, scores)
         try:
-            t = float(fn(labels.copy(), scores.copy()))
+            answer = fn(labels.copy(), scores.copy())
         except Exception as err:  # noqa: BLE001 - show the student's error
             return report(name, False, f"F1 {best:.4f}", f"an exception on input {i}: {type(err).__name__}: {err}")
+        t = as_number(answer)
+        if t is None:
+            return report(name, False, "a number", answer,
+                          "" if answer is None or answer is Ellipsis else "not one number")
         got = _f1_at(labels, scores, t)
         if abs(got - best) > 1e-9:
-            return report(name, False, f"input {i}: F1 {best:.4f} (the F1-max)", f"threshold {t:.4f} gives F1 {got:.4f}",
-                          "try every score as the threshold and keep the one with the best F1 = 2TP / (2TP + FP + FN)")
+            return report(name, False, f"input {i}: F1 {best:.4f} (the F1-max)", f"threshold {t:.4f} gives F1 {got:.4f}")
     return report(name, True)
 
 
@@ -121,6 +130,8 @@ def _map_inputs() -> list[tuple[torch.Tensor, tuple[int, int]]]:
     return [(torch.sigmoid(m), s) for m, s in zip(maps, sizes)]
 
 
+@exercise("bilinear interpolation with align_corners off, on a (B, 1, S, S) tensor; the size is (height, width)",
+          reference="tipsomaly_lite.method.maps.upsample_map")
 def map_at_photo_size(fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> bool:
     """Exercise: ``fn(anomaly_map, (H, W))`` -> the maps resized to a photo's own size, as ``predict`` draws them.
 
@@ -129,6 +140,4 @@ def map_at_photo_size(fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor
     Returns:
         True when ``fn`` equals :func:`tipsomaly_lite.method.maps.upsample_map` (bilinear, align_corners False).
     """
-    return check_function("anomaly maps at the photo's size", fn, upsample_map, _map_inputs(), atol=1e-5,
-                          hint="bilinear interpolation with align_corners=False, on a (B, 1, S, S) tensor; "
-                               "the size is (height, width)")
+    return check_function("anomaly maps at the photo's size", fn, upsample_map, _map_inputs(), atol=1e-5)

@@ -1,0 +1,420 @@
+"""CLIP and SigLIP2 behind the :class:`~tipsomaly_lite.backbones.base.Backbone` seam, from ``transformers``.
+
+The paper's thesis is that the backbone matters more than CLIP-specific tricks. These wrappers
+let the same Tipsomaly pipeline run on the two families the ZSAD literature starts from:
+
+- **CLIP** (``CLIPModel``; the baselines use ViT-L/14 at 336 px): global token = the projected
+  image embedding; patch tokens = the final patch tokens after the post-layernorm, through the
+  visual projection. Plain CLIP, no tricks. Learnable prompts go right after the start token;
+  the sentence feature is the end token's, through the text projection.
+- **SigLIP2** (fixed-resolution checkpoints, ``SiglipModel`` in transformers, as the Tipsomaly
+  authors use them): global token = the attention-pooling head's output; patch tokens = the
+  last hidden state. Learnable prompts go in front of the token embeddings, the sequence is cut
+  back to 64 before the position embeddings, and the sentence feature is the last position's,
+  through the text head (SigLIP has no padding mask).
+
+The towers expect normalised pixels: images in [0, 1] are normalised with the checkpoint's
+mean/std inside :meth:`encode_features`, so datasets and masks stay as for TIPS (squashed to a
+square, no crop). Temperature: ``1 / exp(logit_scale)``.
+
+``load_hf_backbone("tiny", family="clip")`` builds a tiny random configuration locally (never
+downloaded) for the offline mode; its outputs are meaningless and it says so.
+
+Taught in notebooks/08_backbones.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from tipsomaly_lite import offline
+from tipsomaly_lite.backbones.base import l2_normalize, weights_fingerprint
+from tipsomaly_lite.backbones.preprocess import check_size, preprocess
+
+__all__ = ["HF_FAMILIES", "SHORT_NAMES", "HFBackbone", "CLIPBackbone", "SigLIP2Backbone", "load_hf_backbone"]
+
+#: Short names -> hub ids, per family.
+SHORT_NAMES: dict[str, dict[str, str]] = {
+    "clip": {"l14-336": "openai/clip-vit-large-patch14-336", "l14": "openai/clip-vit-large-patch14",
+             "b16": "openai/clip-vit-base-patch16"},
+    "siglip2": {"so400m-256": "google/siglip2-so400m-patch16-256", "l16-512": "google/siglip2-large-patch16-512",
+                "b16-224": "google/siglip2-base-patch16-224"},
+}
+#: The default checkpoint per family: the ZSAD baselines' CLIP, the authors' SigLIP2.
+DEFAULT_VARIANTS = {"clip": "l14-336", "siglip2": "so400m-256"}
+HF_FAMILIES = tuple(SHORT_NAMES)
+# Per-family image statistics when a checkpoint folder has no preprocessor_config.json.
+_STATS = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+          "siglip2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
+class _TinyTokenizer:
+    """The offline tokenizer: the tiny SentencePiece model, framed as the family's tokenizer frames text.
+
+    CLIP: ``[start] pieces [end]`` then padding; SigLIP: ``pieces [end]`` padded to the full length.
+    """
+
+    def __init__(self, family: str, max_len: int) -> None:
+        import sentencepiece as spm
+
+        from tipsomaly_lite.backbones.tips.tiny import TINY_VOCAB, tiny_files
+
+        self.sp = spm.SentencePieceProcessor(model_file=str(tiny_files()[2]))
+        self.family, self.max_len = family, max_len
+        self.bos, self.eos, self.pad = TINY_VOCAB, TINY_VOCAB + 1, 0
+
+    def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        rows = []
+        for text in texts:
+            ids = self.sp.encode(text.lower())
+            ids = ([self.bos] + ids[:self.max_len - 2] if self.family == "clip" else ids[:self.max_len - 1])
+            rows.append(ids + [self.eos])
+        ids = torch.full((len(rows), self.max_len), self.pad, dtype=torch.long)
+        keep = torch.zeros(len(rows), self.max_len, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            keep[i, :len(row)] = True
+        return ids, keep
+
+
+class _HubTokenizer:
+    """A transformers tokenizer, padded to the model's full context as the model was trained."""
+
+    def __init__(self, tokenizer: Any, max_len: int) -> None:
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        out = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_len,
+                             return_tensors="pt")
+        return out["input_ids"], out["attention_mask"].bool()
+
+
+class HFBackbone(nn.Module):
+    """Common ground of the transformers-based backbones: loading facts, normalisation, fingerprint.
+
+    Attributes:
+        model: the frozen ``transformers`` model.
+        tokenizer: callable ``texts -> (ids (T, L), keep (T, L) bool)``.
+    """
+
+    family = "hf"
+    global_tokens = ("global",)
+    default_global_token = "global"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, variant: str, source: str, image_size: int | None,
+                 image_mean: tuple[float, float, float], image_std: tuple[float, float, float],
+                 is_offline: bool = False) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.variant, self.source, self.is_offline = variant, source, is_offline
+        vision = model.config.vision_config
+        self.patch_size = int(vision.patch_size)
+        self.native_size = int(vision.image_size)
+        self.image_size = check_size(image_size or self.native_size, "image_size", self.patch_size)
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.temperature = float(1.0 / model.logit_scale.detach().float().exp())
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.logit_scale.dtype
+
+    def preprocess(self, images: Any | Iterable[Any], size: int | None = None) -> Tensor:
+        """Images -> ``(B, 3, S, S)`` RGB in [0, 1] (squashed, no crop; normalised later, in the model)."""
+        return preprocess(images, size or self.image_size, multiple=self.patch_size)
+
+    def patch_grid(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`)."""
+        size = size or self.image_size
+        h, w = (size, size) if isinstance(size, int) else size
+        return (check_size(h, "height", self.patch_size) // self.patch_size,
+                check_size(w, "width", self.patch_size) // self.patch_size)
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the tower's normalised pixels, on the model's device and dtype."""
+        mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
+        return ((images.to(self.device).float() - mean) / std).to(self.dtype)
+
+    def _interpolate(self, images: Tensor) -> bool:
+        return tuple(images.shape[-2:]) != (self.native_size, self.native_size)
+
+    def encode_text(self, texts: list[str] | str, normalize: bool = False, batch_size: int = 256) -> Tensor:
+        """Sentence features ``(T, D)`` through the model's own text path (raw unless ``normalize``)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                ids, keep = self.tokenizer(texts[start:start + batch_size])
+                outs.append(self._text_features(ids.to(self.device), keep.to(self.device)).float())
+        feats = torch.cat(outs)
+        return l2_normalize(feats) if normalize else feats
+
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of everything that changes the features: the family and its options,
+        the pixel statistics, the config and every weight tensor (remembered until an in-place change)."""
+        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        options = f"{self.family}|{getattr(self, 'dense', '')}|{self.image_mean}|{self.image_std}"
+        return weights_fingerprint(self.model, f"{options}|{config}")
+
+    def __repr__(self) -> str:
+        v, t = self.model.config.vision_config, self.model.config.text_config
+        lines = [f"{type(self).__name__}(variant={self.variant!r}, width={v.hidden_size}, depth={v.num_hidden_layers}, "
+                 f"text_width={t.hidden_size}, text_depth={t.num_hidden_layers}, image_size={self.image_size}, "
+                 f"patch_grid={'x'.join(map(str, self.patch_grid()))}, temperature={self.temperature:.5g},",
+                 f"     source={self.source})"]
+        if self.is_offline:
+            lines.append("     !! TINY RANDOM WEIGHTS: outputs are meaningless (offline mode) !!")
+        return "\n".join(lines)
+
+
+class CLIPBackbone(HFBackbone):
+    """Plain CLIP: projected image embedding as the global token, projected post-layernorm patch tokens.
+
+    ``dense="values"`` is one classic CLIP trick, for teaching what a trick buys: the patch tokens
+    come from the last block's *value* path only (``out_proj(v_proj(layer_norm1(x)))``, no query-key
+    attention, no residual, no MLP), as MaskCLIP does, then the same post-layernorm and projection.
+    The global token is unchanged.
+
+    Taught in notebooks/08_backbones.ipynb.
+    """
+
+    family = "clip"
+    DENSE = ("plain", "values")
+
+    def __init__(self, *args: Any, dense: str = "plain", **kwargs: Any) -> None:
+        if dense not in self.DENSE:
+            raise ValueError(f"dense must be one of {self.DENSE}, got {dense!r}")
+        super().__init__(*args, **kwargs)
+        self.dense = dense
+        if dense != "plain":
+            self.variant = f"{self.variant} ({dense} trick)"
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @torch.no_grad()
+    def encode_features(self, images: Tensor) -> dict[str, Tensor]:
+        """``patch_tokens (B, N, D)`` and ``global (B, D)``, L2-normalised float32."""
+        vision = self.model.vision_model
+        out = vision(pixel_values=self._pixels(images), interpolate_pos_encoding=self._interpolate(images),
+                     output_hidden_states=self.dense == "values")
+        tokens = self.model.visual_projection(vision.post_layernorm(out.last_hidden_state))
+        patches = tokens[:, 1:]
+        if self.dense == "values":
+            last = vision.encoder.layers[-1]
+            values = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(out.hidden_states[-2])))
+            patches = self.model.visual_projection(vision.post_layernorm(values[:, 1:]))
+        return {"patch_tokens": l2_normalize(patches.float()), "global": l2_normalize(tokens[:, 0].float())}
+
+    def _text_features(self, ids: Tensor, keep: Tensor) -> Tensor:
+        return self.model.get_text_features(input_ids=ids, attention_mask=keep.long()).pooler_output
+
+    def _eos_positions(self, ids: Tensor) -> Tensor:
+        eos = self.model.config.text_config.eos_token_id
+        if eos == 2:  # old configs: the end token has the largest id
+            return ids.argmax(dim=-1)
+        return (ids == eos).int().argmax(dim=-1)
+
+    def prompted_text_inputs(self, sentences: list[str], n_prompt_tokens: int) -> dict[str, Tensor]:
+        """Token embeddings ``(S, L, D)``, and where each sentence's end token lands after ``n`` prompts."""
+        ids, _ = self.tokenizer(sentences)
+        max_len = ids.shape[1]
+        if not 1 <= n_prompt_tokens < max_len - 1:
+            raise ValueError(f"n_tokens={n_prompt_tokens} leaves no room for text in a {max_len}-token sequence")
+        eos = self._eos_positions(ids) + n_prompt_tokens
+        if int(eos.max()) >= max_len:
+            raise ValueError(f"a sentence is too long for {n_prompt_tokens} prompt tokens in {max_len} positions")
+        # Causal attention: nothing after the end token reaches it, so the sequence can stop there.
+        longest = int(eos.max()) + 1 - n_prompt_tokens
+        with torch.no_grad():
+            embeddings = self.model.text_model.embeddings.token_embedding(ids[:, :longest].to(self.device))
+        return {"token_embeddings": embeddings, "eos": eos.to(self.device)}
+
+    def encode_prompted_text(self, prompts: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """``[start] prompts (S, n, D) tokens...`` -> projected end-token features ``(S, D)``."""
+        text = self.model.text_model
+        emb = inputs["token_embeddings"]
+        x = torch.cat([emb[:, :1], prompts.to(emb.dtype), emb[:, 1:]], dim=1)
+        h = text.embeddings(inputs_embeds=x)
+        n = h.shape[1]
+        blocked = torch.ones(n, n, dtype=torch.bool, device=h.device).triu(1)
+        mask = torch.zeros(n, n, dtype=h.dtype, device=h.device).masked_fill(blocked, torch.finfo(h.dtype).min)
+        h = text.encoder(inputs_embeds=h, attention_mask=mask.expand(len(h), 1, n, n)).last_hidden_state
+        h = text.final_layer_norm(h)
+        pooled = h[torch.arange(len(h), device=h.device), inputs["eos"]]
+        return self.model.text_projection(pooled)
+
+
+class SigLIP2Backbone(HFBackbone):
+    """SigLIP2 as the Tipsomaly authors use it: attention-pooled global token, last hidden state as patches.
+
+    Taught in notebooks/08_backbones.ipynb.
+    """
+
+    family = "siglip2"
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model.config.text_config.projection_size)
+
+    @torch.no_grad()
+    def encode_features(self, images: Tensor) -> dict[str, Tensor]:
+        """``patch_tokens (B, N, D)`` and ``global (B, D)``, L2-normalised float32."""
+        out = self.model.vision_model(pixel_values=self._pixels(images), interpolate_pos_encoding=self._interpolate(images))
+        return {"patch_tokens": l2_normalize(out.last_hidden_state.float()),
+                "global": l2_normalize(out.pooler_output.float())}
+
+    def _text_features(self, ids: Tensor, keep: Tensor) -> Tensor:
+        # SigLIP was trained on max-length padding without a mask: the model sees the pads, as here.
+        return self.model.get_text_features(input_ids=ids).pooler_output
+
+    def prompted_text_inputs(self, sentences: list[str], n_prompt_tokens: int) -> dict[str, Tensor]:
+        """Token embeddings ``(S, L - n, D)``: the first ``L - n`` positions survive the cut after prompting."""
+        ids, _ = self.tokenizer(sentences)
+        max_len = ids.shape[1]
+        if not 1 <= n_prompt_tokens < max_len:
+            raise ValueError(f"n_tokens={n_prompt_tokens} leaves no room for text in a {max_len}-token sequence")
+        with torch.no_grad():
+            embeddings = self.model.text_model.embeddings.token_embedding(ids[:, :max_len - n_prompt_tokens].to(self.device))
+        return {"token_embeddings": embeddings}
+
+    def encode_prompted_text(self, prompts: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """``prompts (S, n, D) tokens...`` + positions -> the head's last-position features ``(S, D)``."""
+        text = self.model.text_model
+        emb = inputs["token_embeddings"]
+        x = torch.cat([prompts.to(emb.dtype), emb], dim=1)
+        h = text.embeddings(inputs_embeds=x)
+        h = text.encoder(inputs_embeds=h).last_hidden_state
+        return text.head(text.final_layer_norm(h)[:, -1])
+
+
+_CLASSES = {"clip": CLIPBackbone, "siglip2": SigLIP2Backbone}
+
+
+def _tiny_model(family: str) -> tuple[nn.Module, int]:
+    """A tiny random transformers model of ``family``, built locally and seeded; and its text length."""
+    from tipsomaly_lite.backbones.tips.tiny import TINY_VOCAB
+
+    import transformers
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(common, vocab_size=TINY_VOCAB + 2, max_position_embeddings=32)
+    vision = dict(common, image_size=112)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # default-config notes about token ids the tiny vocab does not have
+    try:
+        with torch.random.fork_rng():  # seeded, and the caller's random state is left as it was
+            torch.manual_seed(0)
+            if family == "clip":
+                config = transformers.CLIPConfig(
+                    text_config=dict(text, bos_token_id=TINY_VOCAB, eos_token_id=TINY_VOCAB + 1, pad_token_id=0),
+                    vision_config=dict(vision, patch_size=14), projection_dim=32)
+                model = transformers.CLIPModel(config)
+            else:
+                # No start/end ids: SigLIP pools the last position, and the defaults lie outside the tiny vocabulary.
+                config = transformers.SiglipConfig(
+                    text_config=transformers.SiglipTextConfig(**text, projection_size=32, bos_token_id=None,
+                                                              eos_token_id=None, pad_token_id=0),
+                    vision_config=transformers.SiglipVisionConfig(**vision, patch_size=16))
+                model = transformers.SiglipModel(config)
+                with torch.no_grad():
+                    model.logit_scale.fill_(math.log(100.0))  # a real SigLIP's scale is of that order
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return model, 32
+
+
+def _family_of(folder: Path) -> str | None:
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder / 'config.json'}: not a readable transformers config ({err})") from err
+    return {"clip": "clip", "siglip": "siglip2", "siglip2": "siglip2"}.get(model_type)
+
+
+def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int | None = None,
+                     device: str | torch.device = "cpu", download: bool = True, **options: Any) -> HFBackbone:
+    """Load CLIP or SigLIP2, frozen and in eval mode.
+
+    Args:
+        variant: a short name (``"l14-336"``; see :data:`SHORT_NAMES`), ``"tiny"`` (offline, random), a hub id
+            (``"openai/clip-vit-large-patch14-336"``) or ``"hf:<hub id or local folder>"``. The family's default
+            when None.
+        family: ``"clip"`` or ``"siglip2"``.
+        image_size: default input side (a multiple of the patch size); the checkpoint's when omitted.
+        device: where the model lives.
+        download: fetch a hub checkpoint into ``$TIPSOMALY_HOME/hf`` when it is not there.
+        **options: the family's own options (CLIP: ``dense="values"``, see :class:`CLIPBackbone`).
+
+    ``TIPSOMALY_OFFLINE=1`` turns anything that needs the network into ``"tiny"``.
+    Raises:
+        ValueError: unknown family or a local folder that is not a CLIP/SigLIP checkpoint.
+        tipsomaly_lite.data.download.DownloadError: the hub cannot be reached.
+    Taught in notebooks/08_backbones.ipynb.
+    """
+    if family not in _CLASSES:
+        raise ValueError(f"unknown transformers backbone family {family!r}; expected one of {HF_FAMILIES}")
+    variant = variant or DEFAULT_VARIANTS[family]
+    target = variant[3:] if variant.startswith("hf:") else SHORT_NAMES[family].get(variant, variant)
+    is_local = variant != "tiny" and Path(target).is_dir()
+    if variant != "tiny" and not is_local and offline.offline_forced():
+        variant = "tiny"
+    cls = _CLASSES[family]
+    if variant == "tiny":
+        offline.warn_meaningless()
+        model, max_len = _tiny_model(family)
+        mean, std = _STATS[family]
+        return cls(model, _TinyTokenizer(family, max_len), variant="tiny", source="random init (tiny, offline)",
+                   image_size=image_size, image_mean=mean, image_std=std, is_offline=True, **options).to(device)
+    try:
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as err:  # an optional extra
+        raise ImportError("CLIP and SigLIP2 need transformers: pip install 'tipsomaly_lite[backbones]'") from err
+    if is_local:
+        found = _family_of(Path(target))
+        if found != family:
+            raise ValueError(f"{target}: config.json describes a {found or 'non-CLIP/SigLIP'} model, not {family}")
+        kwargs: dict[str, Any] = {}
+    else:
+        from tipsomaly_lite.data.download import cache_dir
+
+        kwargs = {"cache_dir": str(cache_dir() / "hf"), "local_files_only": not download}
+    try:
+        model = AutoModel.from_pretrained(target, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
+    except OSError as err:
+        from tipsomaly_lite.data.download import DownloadError
+
+        raise DownloadError(f"could not load {target} for {family} ({type(err).__name__}: {err}). Offline? "
+                            f"Pass a local folder (hf:/path) or use the offline tiny model") from err
+    mean, std = _STATS[family]
+    processor_file = Path(target) / "preprocessor_config.json" if is_local else None
+    if processor_file is not None and processor_file.is_file():
+        stats = json.loads(processor_file.read_text(encoding="utf-8"))
+        mean, std = tuple(stats.get("image_mean", mean)), tuple(stats.get("image_std", std))
+    max_len = int(model.config.text_config.max_position_embeddings)
+    return cls(model, _HubTokenizer(tokenizer, max_len), variant=variant, source=str(target),
+               image_size=image_size, image_mean=mean, image_std=std, **options).to(device)
+
+
+def hf_family_for(spec: str) -> str | None:
+    """The transformers family a ``hf:`` spec or hub id names, when it can be told (else None: TIPS)."""
+    target = spec[3:] if spec.startswith("hf:") else spec
+    folder = Path(target)
+    if folder.is_dir() and (folder / "config.json").is_file():
+        return _family_of(folder)
+    lowered = target.lower()
+    return "clip" if "clip" in lowered else "siglip2" if "siglip" in lowered else None
+
