@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 # The CPU build of torch; an unpinned `torch` would resolve to a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+TORCH_PIN ?= torch==2.13.0
 # What `make test` takes after the install, measured on this project's 2-core CI machine.
 TEST_MINUTES = 5
 
@@ -12,7 +12,7 @@ TEST_MINUTES = 5
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[dev,course]"
 	touch $@
 
@@ -53,4 +53,4 @@ student: install
 # TEST_PYTHONS_ARGS, e.g. "--versions 3.12 --timeout 60 --reuse" (`.ci/test_pythons.py --help`).
 TEST_PYTHONS_ARGS ?=
 test-pythons:
-	$(PYTHON) .ci/test_pythons.py --torch-spec "$(TORCH_SPEC)" $(TEST_PYTHONS_ARGS)
+	$(PYTHON) .ci/test_pythons.py --torch-spec "$(TORCH_PIN)" $(TEST_PYTHONS_ARGS)
