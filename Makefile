@@ -23,14 +23,21 @@ demo: install
 	$(PY) -m tipsomaly_lite demo --out build/demo
 	$(PY) notebooks/run_course.py --out build/course
 
-# The unit tests, then every notebook top to bottom (nbval, offline; a failed self-check raises).
+# The unit tests (two processes, one test file each at a time), then every notebook top to bottom
+# (nbval, offline, in one process: the notebooks share the course's trained prompts; a failed
+# self-check raises). Interactive cells draw once with their defaults (TIPSOMALY_WIDGETS=static).
 # pytest's exit code 5 means it collected nothing: a broken suite, reported as a failure.
-# Interactive cells draw once with their defaults (TIPSOMALY_WIDGETS=static): nothing waits on a widget.
+TEST_ENV = TIPSOMALY_OFFLINE=1 TIPSOMALY_STRICT_CHECKS=1 TIPSOMALY_WIDGETS=static MPLBACKEND=Agg
+TEST_WORKERS ?= 2
 test: install
-	@echo "make test: unit tests, then the 8 notebooks offline and 5 in a real-mode rehearsal; about $(TEST_MINUTES) min on 2 cores"
-	TIPSOMALY_OFFLINE=1 TIPSOMALY_STRICT_CHECKS=1 TIPSOMALY_WIDGETS=static MPLBACKEND=Agg $(PY) -m pytest -q \
-	  -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --durations=10 tests notebooks; \
-	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	@echo "make test: unit tests, then the 9 notebooks offline (5 also in a real-mode rehearsal); about $(TEST_MINUTES) min on 2 cores"
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=10 tests; \
+	rc1=$$?; \
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+	  --durations=5 notebooks; \
+	rc2=$$?; \
+	for rc in $$rc1 $$rc2; do if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; done; \
+	if [ $$rc1 -ne 0 ] || [ $$rc2 -ne 0 ]; then exit 1; fi
 
 clean:
 	rm -rf build .pytest_cache
