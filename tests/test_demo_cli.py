@@ -78,3 +78,21 @@ def test_loss_curve_marks_epochs():
     ax = plot_loss_curve(history, title="t")
     assert len(ax.lines) >= 1 and ax.get_title() == "t"
     assert len(ax.collections) == 2  # one epoch-mean segment per epoch
+
+
+def test_ground_truth_is_an_outline_and_a_colour_bar_says_what_the_colours_mean():
+    import matplotlib.pyplot as plt
+
+    from tipsomaly_lite.course.viz import overlay_anomaly_map
+
+    image, mask = torch.rand(3, 32, 32), torch.zeros(32, 32)
+    mask[8:16, 8:20] = 1
+    fig, ax = plt.subplots()
+    overlay_anomaly_map(image, torch.rand(32, 32), ax=ax, outline=mask, colorbar=True, vmin=0, vmax=1)
+    assert len(fig.axes) == 2  # the map and its colour bar
+    assert ax.collections, "the mask's edge is drawn as a contour"
+    fig2, ax2 = plt.subplots()
+    overlay_anomaly_map(image, None, ax=ax2, outline=torch.zeros(32, 32))  # no defect: nothing to outline
+    assert len(ax2.images) == 1 and not ax2.collections
+    plt.close(fig)
+    plt.close(fig2)

@@ -224,16 +224,20 @@ def _add_data_commands(sub: Any) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from tipsomaly_lite.offline import MEANINGLESS
     from tipsomaly_lite.backbones import load_backbone
 
     family = getattr(args, "backbone", "tips")
     # TIPS runs at the paper's 518 px by default; CLIP and SigLIP2 at their checkpoints' native size.
     size = args.image_size or (IMAGE_SIZE if family == "tips" else None)
-    model = load_backbone(args.variant, family=family, image_size=size, device=args.device)
-    print(repr(model))
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_backbone(args.variant, family=family, image_size=size, device=device)
+    print(repr(model))  # says TINY RANDOM WEIGHTS for the offline model; the banner came as a warning
     if model.is_offline:
-        print(MEANINGLESS)
+        print(MEANINGLESS_TAG)
     return model
 
 
@@ -531,14 +535,15 @@ def _predict(args: argparse.Namespace) -> int:
         for i, (path, original) in enumerate(zip(chunk, originals)):
             # The map is drawn over the photo at its own size, not over the squashed model input.
             amap = upsample_map(pred.anomaly_map[i:i + 1], tuple(original.shape[-2:]))[0]
-            fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+            fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
             axes[0].imshow(original.permute(1, 2, 0).numpy())
             axes[0].set_title(path.name)
             axes[0].axis("off")
             title = f"score {float(pred.image_score[i]):.3f}"
             if model.is_offline:
                 title += f" ({MEANINGLESS_TAG})"
-            overlay_anomaly_map(original, amap, ax=axes[1], title=title, vmin=0.0, vmax=1.0)  # probabilities
+            overlay_anomaly_map(original, amap, ax=axes[1], title=title, vmin=0.0, vmax=1.0,  # probabilities
+                                colorbar=True)
             fig.tight_layout()
             target = out / names[path]
             with atomic_file(target) as fh:
@@ -575,7 +580,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "so400m-256; or hf:<hub id or folder>); 'tiny' = offline")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="input side in px, a multiple of the patch size (default: 518 for tips, native otherwise)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, as in the notebooks), cpu or cuda")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per step (default: 8)")
     p.add_argument("--prompt-set", default=None,
                    help="fixed prompt set name or .json (default: the --prompts run's set, else industrial)")

@@ -17,12 +17,11 @@ import warnings
 
 OFFLINE_ENV = "TIPSOMALY_OFFLINE"
 
-#: The banner printed, logged and warned whenever the tiny random model is used.
+#: The banner, shown once per process (the first time the tiny random model is loaded).
 MEANINGLESS = (
     "\n" + "!" * 78 + "\n"
-    "OFFLINE MODE: tiny TIPS with RANDOM weights. Every score, map and metric it produces is\n"
-    "MEANINGLESS; it only shows that the code runs. Download real weights for real numbers\n"
-    "(tipsomaly fetch l14-hr) and unset TIPSOMALY_OFFLINE.\n" + "!" * 78)
+    "OFFLINE MODE: tiny model with RANDOM weights. Every score, map and metric it produces is\n"
+    "MEANINGLESS; it only shows that the code runs.\n" + "!" * 78)
 #: The same warning as one Markdown line, for result tables.
 MEANINGLESS_MARKDOWN = ("**OFFLINE MODE: tiny TIPS with random weights. These numbers are MEANINGLESS; they only "
                         "show that the pipeline runs.**")
@@ -54,6 +53,22 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def how_to_get_real_weights() -> str:
+    """One line on getting real numbers; it names ``TIPSOMALY_OFFLINE`` only when that is what forced the mode."""
+    if offline_forced():
+        return f"For real numbers: unset {OFFLINE_ENV} (it is set here) and fetch weights: tipsomaly fetch l14-hr"
+    return "For real numbers: fetch real weights (tipsomaly fetch l14-hr) and load them instead of 'tiny'"
+
+
+_announced = False
+
+
 def warn_meaningless() -> None:
-    """Emit the loud offline-mode warning at the caller's line."""
-    warn_caller(MEANINGLESS, MeaninglessResultsWarning)
+    """Warn, at the caller's line, that the tiny random model is in use: the full banner once per
+    process, a one-line reminder after that (always as a :class:`MeaninglessResultsWarning`)."""
+    global _announced
+    if _announced:
+        warn_caller(f"{MEANINGLESS_TAG} (the tiny random model again)", MeaninglessResultsWarning)
+        return
+    _announced = True
+    warn_caller(f"{MEANINGLESS}\n{how_to_get_real_weights()}", MeaninglessResultsWarning)

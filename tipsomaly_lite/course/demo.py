@@ -54,7 +54,7 @@ def demo_images(size: int, seed: int = 0) -> tuple[torch.Tensor, list[str], list
         sample = render_sample(cls, rng, image_size=size, defect=defect)
         images.append(torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 255.0)
         words.append(cls.replace("_", " "))
-        titles.append(f"{cls} ({defect or 'good'})")
+        titles.append(f"'{words[-1]}', {defect or 'good'}")
     return torch.stack(images), words, titles
 
 
@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path = "build/demo", variant: str = "l14-hr", size: 
     if model.is_offline:
         suptitle += "\n" + MEANINGLESS_TAG
     full = upsample_map(maps_t.flatten(0, 1), (size, size)).view(len(images), 2, size, size)
-    fig = plot_similarity_maps(images, full, [p.format("…") for p in PROMPTS], row_titles, suptitle=suptitle)
+    fig = plot_similarity_maps(images, full, [p.replace("a photo of a ", "…").format("<word>") for p in PROMPTS], row_titles, suptitle=suptitle)
     path = Path(out_dir) / "similarity_maps.png"
     with atomic_file(path) as fh:
         fig.savefig(fh, format="png")

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.data.download import DownloadError, cache_dir
-from tipsomaly_lite.offline import MEANINGLESS, offline_forced
+from tipsomaly_lite.offline import MEANINGLESS_TAG, offline_forced
 from tipsomaly_lite.backbones.base import Backbone
 from tipsomaly_lite.backbones import DEFAULT_VARIANT, load_backbone
 from tipsomaly_lite.data.toy_data import make_toy_dataset
@@ -241,7 +241,7 @@ class Course:
                  f"       auxiliary={self.aux_key} at {self.aux_root})",
                  *(f"  - {n}" for n in self.notes), repr(self.model)]
         if self.offline:
-            lines.append(MEANINGLESS)
+            lines.append(MEANINGLESS_TAG)
         return "\n".join(lines)
 
 

@@ -89,22 +89,39 @@ def plot_similarity_maps(images: Tensor, maps: Tensor, prompts: Sequence[str], r
     return fig
 
 
-def overlay_anomaly_map(image: Tensor | np.ndarray, anomaly_map: Tensor | np.ndarray, ax=None,
+def overlay_anomaly_map(image: Tensor | np.ndarray, anomaly_map: Tensor | np.ndarray | None, ax=None,
                         alpha: float = 0.5, title: str = "", vmin: float | None = None,
-                        vmax: float | None = None) -> plt.Axes:
+                        vmax: float | None = None, outline: Tensor | np.ndarray | None = None,
+                        colorbar: bool = False) -> plt.Axes:
     """Draw ``anomaly_map (H, W)`` over ``image (3, H, W)`` on ``ax`` (a new figure when None).
 
-    ``vmin``/``vmax`` fix the colour scale (e.g. 0 and 1 for probabilities, so that a normal
-    image does not look hot); by default each map is stretched to its own range.
-
+    Args:
+        image: ``(3, H, W)`` in [0, 1].
+        anomaly_map: ``(H, W)`` scores, or None to draw the image (and outline) alone.
+        alpha: opacity of the map.
+        title: the axes' title.
+        vmin, vmax: fix the colour scale (e.g. 0 and 1 for probabilities, so that a normal image
+            does not look hot); by default each map is stretched to its own range.
+        outline: a ground-truth ``mask (H, W)`` in {0, 1}, drawn as a white contour (the
+            defect's edge stays visible under the map).
+        colorbar: add a colour bar that says what the colours mean.
+    Returns:
+        The axes.
     Taught in notebooks/02_spatial_alignment.ipynb.
     """
     set_style()
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(_to_hwc(image))
-    m = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, Tensor) else np.asarray(anomaly_map)
-    ax.imshow(m, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
+    if anomaly_map is not None:
+        m = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, Tensor) else np.asarray(anomaly_map)
+        shown = ax.imshow(m, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
+        if colorbar:
+            ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    if outline is not None:
+        mask = outline.detach().cpu().float().numpy() if isinstance(outline, Tensor) else np.asarray(outline, float)
+        if mask.max() > 0:
+            ax.contour(mask, levels=[0.5], colors="white", linewidths=1.2)
     ax.set_title(title)
     ax.axis("off")
     return ax
