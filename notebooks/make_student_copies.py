@@ -20,21 +20,13 @@ import sys
 from pathlib import Path
 
 
-def _reexec_in_venv(script: str) -> None:
-    """Run ``script`` again with the project's ``.venv/bin/python`` when the package is not importable here,
-    so ``python3 notebooks/<script>`` works without activating the venv; with no venv, one clear line."""
-    venv = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
-    if __name__ == "__main__" and venv.is_file() and not os.environ.get("_TIPSOMALY_REEXEC"):
-        os.environ["_TIPSOMALY_REEXEC"] = "1"  # never loop
-        os.execv(str(venv), [str(venv), str(Path(__file__).resolve()), *sys.argv[1:]])
-    sys.exit(f"{script}: tipsomaly_lite is not importable by {sys.executable}; run `make install` first, "
-             f"or use .venv/bin/python notebooks/{script}")
-
-
 try:
     from tipsomaly_lite.data.atomic import atomic_file
 except ImportError:
-    _reexec_in_venv("make_student_copies.py")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _venv import reexec_in_venv
+
+    reexec_in_venv(__file__, __name__ == "__main__", "tipsomaly_lite")
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"

@@ -38,17 +38,6 @@ WIDGET_NOTE = "(an interactive control: open the notebook in Jupyter or Colab to
 WORDS_PER_MINUTE, MINUTES_PER_CELL, MINUTES_PER_EXERCISE = 150, 1.5, 15
 
 
-def _reexec_in_venv(script: str) -> None:
-    """Run ``script`` again with the project's ``.venv/bin/python`` when the package is not importable here,
-    so ``python3 notebooks/<script>`` works without activating the venv; with no venv, one clear line."""
-    venv = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
-    if __name__ == "__main__" and venv.is_file() and not os.environ.get("_TIPSOMALY_REEXEC"):
-        os.environ["_TIPSOMALY_REEXEC"] = "1"  # never loop
-        os.execv(str(venv), [str(venv), str(Path(__file__).resolve()), *sys.argv[1:]])
-    sys.exit(f"{script}: tipsomaly_lite (or nbconvert) is not importable by {sys.executable}; run `make install` "
-             f"first, or use .venv/bin/python notebooks/{script}")
-
-
 # ---------------------------------------------------------------- equations, drawn here
 
 _SIZING = re.compile(r"\\(?:big|Big|bigg|Bigg)(?:l|r|m)?(?![a-zA-Z])")
@@ -194,7 +183,10 @@ try:
     import nbclient  # noqa: F401 - the dev extra, installed by `make install`
     import tipsomaly_lite  # noqa: F401
 except ImportError:
-    _reexec_in_venv("run_course.py")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _venv import reexec_in_venv
+
+    reexec_in_venv(__file__, __name__ == "__main__", "tipsomaly_lite (or nbconvert)")
 
 
 def _write_atomic(path: Path, text: str) -> None:

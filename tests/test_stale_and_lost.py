@@ -6,9 +6,7 @@ tests/test_download.py; predict/evaluate in tests/test_cli_method.py.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import threading

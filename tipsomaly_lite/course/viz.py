@@ -9,7 +9,6 @@ from typing import Sequence
 
 import matplotlib
 import numpy as np
-import torch
 from matplotlib import pyplot as plt
 from torch import Tensor
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
