@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import http.server
 import re
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import matplotlib
 import pytest
+
+from helpers.servers import local_server
 
 matplotlib.use("Agg")
 
@@ -92,20 +93,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def http_server():
     """A local HTTP server (no internet): serves ``http_server.files`` (path -> bytes) at ``.url``;
     ``.requests`` records each request's path and headers."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    srv.files = {}
-    srv.requests = []
-    srv.ignore_range = False
-    srv.drop_after = None
-    srv.stall = 0.0
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    with local_server(RangeHandler, files={}, requests=[], ignore_range=False, drop_after=None, stall=0.0) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -135,6 +135,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
+from helpers.servers import local_server  # noqa: E402
 from tipsomaly_lite.data.atomic import file_lock  # noqa: E402
 
 
@@ -176,15 +177,9 @@ class LyingHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def liar():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LyingHandler)
-    srv.mode, srv.hits = "slow", 0
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/data.bin"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    with local_server(LyingHandler, mode="slow", hits=0) as srv:
+        srv.url += "/data.bin"
+        yield srv
 
 
 @pytest.mark.parametrize("with_checksum", [True, False])

@@ -260,12 +260,17 @@ def build_meta_from_mvtec_layout(root: str | os.PathLike) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- image I/O
 
-def _open(path: pathlib.Path, what: str) -> Image.Image:
+def _open(path: pathlib.Path, what: str, decode: bool = True) -> Image.Image:
+    """Open an image or mask after the file and header checks; every failure is a DatasetError naming it.
+
+    ``decode=False`` reads the header only (size and mode), e.g. to check a mask against its image.
+    """
     try:
         check_image_file(path)  # a FIFO or device listed as an image would block the read forever
         img = Image.open(path)
         check_pixels(img, f"{what} {path}")  # from the header, before decoding a pixel bomb
-        img.load()
+        if decode:
+            img.load()
     except FileNotFoundError as err:
         raise DatasetError(f"{what} {path} does not exist.") from err
     except Image.DecompressionBombError as err:

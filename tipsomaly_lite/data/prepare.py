@@ -26,7 +26,6 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from tipsomaly_lite.backbones.preprocess import check_image_file, check_pixels
 from tipsomaly_lite.data.archives import extract_archive
 from tipsomaly_lite.data.atomic import atomic_folder
 from tipsomaly_lite.data.datasets import (
@@ -342,19 +341,8 @@ def _listed(root: pathlib.Path, rel: str, where: str) -> pathlib.Path:
 
 def _image_size(path: pathlib.Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
-    try:
-        check_image_file(path)
-        with Image.open(path) as pil:
-            return check_pixels(pil, f"Image {path}").size
-    except FileNotFoundError as err:
-        raise DatasetError(f"Image {path} does not exist.") from err
-    except Image.DecompressionBombError as err:
-        raise DatasetError(f"Image {path} is too large to decode safely ({err}).") from None
-    except ValueError as err:
-        raise DatasetError(str(err)) from None
-    except (OSError, SyntaxError) as err:
-        raise DatasetError(f"Cannot read image {path}: {err}. The file is corrupt or not an "
-                           "image; extract the archive again.") from err
+    with _open(path, "Image", decode=False) as pil:
+        return pil.size
 
 
 def _find_dir(source: pathlib.Path, predicate: Callable[[pathlib.Path], bool], what: str,
