@@ -36,6 +36,16 @@ Peak memory:
 ``--device cuda`` adds L/14 (1024 wide, 24 layers, 16 heads) at 518 px in bf16 (both models cast
 with ``.to(torch.bfloat16)``, bf16 inputs), with ``torch.cuda.synchronize()`` around every timing.
 
+Roofline: first, the best GFLOP/s of square ``torch.mm`` in fp32 and in bf16 on the same device
+(CPU sides 1024/2048/3072, best of 5; ``--quick`` 512/1024, best of 2; CUDA 4096/8192, TF32 off).
+Every timed configuration's matmul FLOPs are counted (``benchmarks/roofline.py``: 2 FLOPs per
+multiply-add; vision: patch embedding, qkv, output projection, MLP, attention's two matmuls at
+that size and batch; text: the same at the padding-cut length, credited to both sides). The
+table adds GFLOP, each side's achieved GFLOP/s and ours as a fraction of the measured matmul
+throughput of its dtype; the target is fp32 vision tower >= 80 % of it, and the script prints
+whether it is met. On CUDA it also prints images/s and ours as a fraction of the GPU's nominal
+dense bf16 peak (known GPUs by name, or ``--peak-tflops``).
+
 Examples::
 
     python benchmarks/bench_tips.py --quick                 # smoke test, ~1 minute on 2 cores
@@ -71,10 +81,13 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 # The transformers reference is test-only code (tests/helpers), not part of the package.
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # roofline.py, when imported from elsewhere
 
 from helpers.reference import random_reference  # noqa: E402
+from roofline import gpu_peak_tflops, matmul_throughput, text_flops, vision_flops  # noqa: E402  (benchmarks/)
 
 TARGET = 1.2
+ROOFLINE_TARGET = 0.8  # fp32 vision tower: fraction of the measured fp32 matmul throughput
 FP32_TOL = 1e-4
 MIB = 1024 * 1024
 
@@ -320,6 +333,8 @@ def measure_cuda_memory(fn, sync) -> float:
 def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: list[int], args,
                  device: torch.device, log) -> list[dict]:
     name = FAMILIES[family][0] + (f" (depth {args.depth})" if args.depth else "")
+    _, width, vdepth, _, tdepth, tmlp = FAMILIES[family]
+    vdepth, tdepth = args.depth or vdepth, args.depth or tdepth
     dname = "bf16" if dtype == torch.bfloat16 else "fp32"
     sync = synchronizer(device)
     rows = []
@@ -339,7 +354,7 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
         log(f"   built in {time.perf_counter() - t0:.1f}s (attention: "
             f"{theirs.vision_model.config._attn_implementation})")
 
-        def measure(task, size, n, unit, ours_fn, theirs_fn, ref32_fn, err):
+        def measure(task, size, n, unit, flops, ours_fn, theirs_fn, ref32_fn, err):
             """Warm-up doubles as the agreement check; then alternating timings, memory, one row."""
             what = f"{name} {task} {size or ''}{'px ' if size else ''}batch {n} {dname}"
             with torch.inference_mode():
@@ -359,6 +374,7 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
                        theirs_s=t_t, ours_per_s=n / statistics.median(t_o),
                        theirs_per_s=n / statistics.median(t_t), check=check)
             row["speed_ratio"] = row["ours_per_s"] / row["theirs_per_s"]
+            row.update(roofline_columns(flops, statistics.median(t_o), statistics.median(t_t), dname, args))
             row.update(memory_pair(args, device, sync, files, dname, task, size, n, ours_fn, theirs_fn))
             log("   " + row_summary(row))
             rows.append(row)
@@ -368,7 +384,8 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
                 torch.manual_seed(1)
                 images32 = torch.rand(batch, 3, size, size, device=device)
                 images = images32.to(dtype)
-                measure("vision", size, batch, "img/s",
+                flops = vision_flops(width, vdepth, 4 * width, size, batch)
+                measure("vision", size, batch, "img/s", flops,
                         lambda: ours_t.encode_image(images),
                         lambda: theirs.vision_model(pixel_values=images).last_hidden_state,
                         lambda: ref_fp32.vision_model(pixel_values=images32).last_hidden_state,
@@ -383,11 +400,56 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
             ids, padding = tokenizer(prompts)
             return model.text_model(input_ids=ids.to(device), attention_mask=(~padding).long().to(device)).pooler_output
 
-        measure("text", None, len(prompts), "sent/s", lambda: ours_t.encode_text(prompts),
+        # Both sides are credited with the FLOPs of the padding-cut batch (the work the answer needs).
+        _, padding = tokenizer(prompts)
+        longest = int((~padding).sum(dim=1).max())
+        flops = text_flops(width, tdepth, tmlp, [longest] * len(prompts))
+        measure("text", None, len(prompts), "sent/s", flops, lambda: ours_t.encode_text(prompts),
                 lambda: text_model(theirs), lambda: text_model(ref_fp32), rel_err)
         del ours, ours_t, theirs, ref32, ref_fp32
         gc.collect()
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Roofline
+
+
+def measure_roofline(args, device: torch.device, log) -> dict:
+    """The machine's best square-matmul GFLOP/s in fp32 and bf16, and the GPU's nominal bf16 peak."""
+    sizes = tuple(args.matmul_sizes or ((4096, 8192) if device.type == "cuda" else
+                                        (512, 1024) if args.quick else (1024, 2048, 3072)))
+    repeats = 2 if args.quick else 5
+    roof = {"matmul_sizes": list(sizes), "matmul_repeats": repeats, "matmul_gflops": {}, "matmul_by_size": {}}
+    for dname, dtype in DTYPES.items():
+        with exact_fp32_cuda():  # fp32 means fp32: no TF32 behind it
+            measured = matmul_throughput(dtype, device, sizes, repeats)
+        roof["matmul_gflops"][dname] = measured["gflops"]
+        roof["matmul_by_size"][dname] = measured["by_size"]
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        roof["gpu"], roof["gpu_bf16_peak_tflops"] = name, gpu_peak_tflops(name, args.peak_tflops)
+    log("matmul throughput (torch.mm, square, best of " + f"{repeats}): " + ", ".join(
+        f"{d} {g:.0f} GFLOP/s" for d, g in roof["matmul_gflops"].items())
+        + f" (sizes {', '.join(map(str, sizes))})")
+    if device.type == "cuda":
+        peak = roof["gpu_bf16_peak_tflops"]
+        log(f"nominal dense bf16 peak of {roof['gpu']}: " + (f"{peak:.0f} TFLOP/s" if peak else
+            "unknown (pass --peak-tflops)"))
+    return roof
+
+
+def roofline_columns(flops: int, ours_s: float, theirs_s: float, dname: str, args) -> dict:
+    """Achieved GFLOP/s of both sides and ours as a fraction of the matmul throughput (and GPU peak)."""
+    roof = args.roofline
+    ours = flops / ours_s / 1e9
+    cols = {"gflop": flops / 1e9, "ours_gflops": ours, "theirs_gflops": flops / theirs_s / 1e9,
+            "matmul_gflops": roof["matmul_gflops"][dname],
+            "ours_matmul_fraction": ours / roof["matmul_gflops"][dname], "ours_peak_fraction": None}
+    peak = roof.get("gpu_bf16_peak_tflops")
+    if peak and dname == "bf16":
+        cols["ours_peak_fraction"] = ours / (peak * 1e3)
+    return cols
 
 
 def memory_pair(args, device, sync, files, dname, task, size, batch, ours_fn, theirs_fn) -> dict:
@@ -418,8 +480,10 @@ def _fmt(x, spec=".1f", none="n/a"):
 
 def row_summary(r: dict) -> str:
     where = f"{r['size']}px b{r['batch']}" if r["task"] == "vision" else f"{r['batch']} prompts"
+    peak = f", {_percent(r['ours_peak_fraction'])} of the GPU's peak" if r.get("ours_peak_fraction") else ""
     return (f"{r['task']:6s} {where:14s} ours {r['ours_per_s']:8.2f} {r['unit']}, theirs {r['theirs_per_s']:8.2f} "
-            f"-> {r['speed_ratio']:.2f}x | mem ours {_mem(r, 'ours')} MiB, theirs {_mem(r, 'theirs')} MiB "
+            f"-> {r['speed_ratio']:.2f}x | ours {r['ours_gflops']:.0f} GFLOP/s = {_percent(r['ours_matmul_fraction'])} "
+            f"of {r['dtype']} matmul{peak} | mem ours {_mem(r, 'ours')} MiB, theirs {_mem(r, 'theirs')} MiB "
             f"| {r['check']}")
 
 
@@ -432,17 +496,47 @@ def _mem(r: dict, who: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    gpu = any(r.get("ours_peak_fraction") is not None for r in rows)
     head = ("| model | dtype | tower | input | batch | ours | theirs | speed ratio (ours/theirs) | target >= 1.2x "
-            "| ours peak MiB | theirs peak MiB | memory ratio (ours/theirs) |")
+            "| GFLOP | ours GFLOP/s | theirs GFLOP/s | ours / matmul throughput "
+            + ("| ours / nominal GPU peak " if gpu else "")
+            + "| ours peak MiB | theirs peak MiB | memory ratio (ours/theirs) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         inp = f"{r['size']} px" if r["task"] == "vision" else "prompts"
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['task']} | {inp} | {r['batch']} "
             f"| {r['ours_per_s']:.2f} {r['unit']} | {r['theirs_per_s']:.2f} {r['unit']} | {r['speed_ratio']:.2f}x "
-            f"| {'yes' if r['speed_ratio'] >= TARGET else 'NO'} | {_mem(r, 'ours')} | {_mem(r, 'theirs')} "
-            f"| {_fmt(r['mem_ratio'], '.2f')} |")
+            f"| {'yes' if r['speed_ratio'] >= TARGET else 'NO'} | {r['gflop']:.1f} | {r['ours_gflops']:.0f} "
+            f"| {r['theirs_gflops']:.0f} | {100 * r['ours_matmul_fraction']:.0f}% of {r['matmul_gflops']:.0f} "
+            + (f"| {_percent(r['ours_peak_fraction'])} " if gpu else "")
+            + f"| {_mem(r, 'ours')} | {_mem(r, 'theirs')} | {_fmt(r['mem_ratio'], '.2f')} |")
     return "\n".join(lines)
+
+
+def gpu_summary(rows: list[dict]) -> str:
+    """One line per vision configuration: images/s, fraction of the matmul throughput and of the GPU's peak."""
+    return "\n".join(
+        f"{r['model']} {r['dtype']} {r['size']} px batch {r['batch']}: {r['ours_per_s']:.1f} images/s, "
+        f"{_percent(r['ours_matmul_fraction'])} of the measured {r['dtype']} matmul throughput, "
+        f"{_percent(r['ours_peak_fraction'])} of the nominal dense bf16 peak"
+        for r in rows if r["task"] == "vision")
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def roofline_verdict(rows: list[dict]) -> str:
+    """Whether every fp32 vision configuration reaches :data:`ROOFLINE_TARGET` of the fp32 matmul throughput."""
+    fp32 = [r for r in rows if r["task"] == "vision" and r["dtype"] == "fp32"]
+    if not fp32:
+        return "roofline target: no fp32 vision configuration was run"
+    worst = min(fp32, key=lambda r: r["ours_matmul_fraction"])
+    met = worst["ours_matmul_fraction"] >= ROOFLINE_TARGET
+    return (f"roofline target (fp32 vision tower >= {ROOFLINE_TARGET:.0%} of the measured fp32 matmul throughput): "
+            f"{'met' if met else 'NOT met'}; lowest {worst['ours_matmul_fraction']:.0%} "
+            f"({worst['size']} px, batch {worst['batch']})")
 
 
 def environment(device: torch.device) -> dict:
@@ -500,6 +594,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 layers, batches 1 2, 16 prompts, 1 repeat, memory at batch 1 only")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--matmul-sizes", type=int, nargs="+", default=None,
+                   help="sides of the square matmuls that measure the machine's throughput "
+                        "(default: 1024 2048 3072 on cpu, 512 1024 with --quick, 4096 8192 on cuda)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the GPU's dense bf16 peak in TFLOP/s, when it is not in the table of known GPUs")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also save the results as JSON")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -545,6 +644,7 @@ def main(argv=None) -> int:
         + (", torch.cuda.synchronize() around each call" if device.type == "cuda" else ""))
     log(memory_method(device) if not args.no_memory else "peak memory: skipped (--no-memory)")
 
+    args.roofline = measure_roofline(args, device, log)
     rows = []
     start = time.perf_counter()
     for family in args.models:
@@ -570,12 +670,19 @@ def main(argv=None) -> int:
             for r in slow))
     else:
         log(f"every configuration meets the {TARGET}x target")
+    log(roofline_verdict(rows))
+    if device.type == "cuda":
+        log(gpu_summary(rows))
     log(f"total benchmark time: {elapsed:.0f}s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"environment": env, "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                    for k, v in vars(args).items() if k != "memory_child"},
-                   "memory_method": memory_method(device), "target_speed_ratio": TARGET, "results": rows}
+                                                    for k, v in vars(args).items()
+                                                    if k not in ("memory_child", "roofline")},
+                   "memory_method": memory_method(device), "target_speed_ratio": TARGET,
+                   "roofline": {**args.roofline, "target_fp32_vision_fraction": ROOFLINE_TARGET,
+                                "verdict": roofline_verdict(rows)},
+                   "results": rows}
         args.json.write_text(json.dumps(payload, indent=2))
         log(f"saved {args.json}")
     return 0

@@ -67,7 +67,7 @@ def test_the_tree_shows_the_architecture():
         assert init.is_file(), f"{sub} is not a package"
         assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{sub}/__init__.py says what it holds"
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "cli.py", "offline.py"], flat
+    assert flat == ["__init__.py", "__main__.py", "cli.py", "distributed.py", "offline.py"], flat
 
 
 def test_tips_implements_the_backbone_seam(tiny):

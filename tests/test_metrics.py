@@ -576,6 +576,49 @@ def test_expand_to_puts_processes_on_one_grid_for_an_elementwise_reduce():
                                                                                          abs=1e-12)
 
 
+def _thread_reduce(n: int):
+    """``reduce(array, op)`` for ``n`` threads standing in for processes: a real rendezvous, no torch."""
+    import threading
+
+    barrier, slots = threading.Barrier(n), {}
+
+    def reduce(array, op):
+        me = threading.get_ident()
+        slots[me] = array.copy()
+        barrier.wait()
+        combined = {"sum": np.sum, "min": np.min, "max": np.max}[op](np.stack(list(slots.values())), axis=0)
+        barrier.wait()  # everyone has read every slot before anyone writes its next one
+        array[...] = combined
+    return reduce
+
+
+def test_all_reduce_gives_every_process_the_whole_dataset_accumulator():
+    import threading
+
+    maps, masks = hard_case("narrow", n=6, size=32)
+    maps[3:] *= 4.0  # the shares span different ranges: their grids differ until reduced
+    whole = PixelAccumulator()
+    whole.add(maps, masks)
+    accs = [PixelAccumulator(), PixelAccumulator(), PixelAccumulator()]  # the third process saw no image
+    accs[0].add(maps[3:], masks[3:])
+    accs[1].add(maps[:3], masks[:3])
+    reduce = _thread_reduce(3)
+    threads = [threading.Thread(target=acc.all_reduce, args=(reduce,)) for acc in accs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    want = whole.state_dict()
+    for acc in accs:
+        got = acc.state_dict()
+        for key in ("normal", "anomalous", "bin_min", "bin_max", "exponent", "origin", "range_lo", "range_hi",
+                    "min", "max", "n_images", "n_normal", "n_anomalous", "n_regions"):
+            assert np.array_equal(got[key], want[key]), key
+        np.testing.assert_allclose(got["pro_weight"], want["pro_weight"], rtol=1e-12)
+        for mode in AUPRO_MODES:
+            assert acc.compute(mode) == pytest.approx(whole.compute(mode), abs=1e-12)
+
+
 def test_state_dict_round_trip_and_hostile_states():
     maps, masks = random_case(3)
     acc = PixelAccumulator(name="bottle", connectivity=4)

@@ -177,6 +177,50 @@ def test_backward_step_equals_the_plain_loss_backward(tiny, toy):
     torch.testing.assert_close(learner.anomalous.grad, want[2], rtol=1e-4, atol=1e-5 * float(want[2].abs().max()))
 
 
+def test_backward_step_on_shares_of_a_batch_sums_to_the_whole_batch(tiny, toy):
+    """What two processes do (tipsomaly_lite.distributed), played in one: share A, then share B plus A's sums."""
+    from tipsomaly_lite.method.training import backward_step
+
+    cache = FeatureCache(tiny, SIZE, dtype=torch.float32, progress=False)
+    batch = cache.get(toy, [0, 1, 4, 6, 7])
+    grid = tiny.patch_grid(SIZE)
+    learner = PromptLearner(tiny, generator=torch.Generator().manual_seed(1))
+    whole_terms: dict[str, float] = {}
+    whole = backward_step(learner, batch["patch_tokens"], batch["mask"], tiny.temperature, grid, whole_terms)
+    want = learner.normal.grad.clone(), learner.anomalous.grad.clone()
+
+    sent: list[torch.Tensor] = []  # what share A contributed to each all-reduce, in call order
+
+    def record(t):
+        sent.append(t.clone())
+
+    def add_recorded(t):
+        t += sent.pop(0)
+
+    a, b = [0, 2, 4], [1, 3]  # rows of the batch each "process" holds
+    learner.zero_grad()
+    backward_step(learner, batch["patch_tokens"][a], batch["mask"][a], tiny.temperature, grid, batch_size=5,
+                  all_reduce=record)
+    learner.zero_grad()
+    terms: dict[str, float] = {}
+    got = backward_step(learner, batch["patch_tokens"][b], batch["mask"][b], tiny.temperature, grid, terms,
+                        batch_size=5, all_reduce=add_recorded)
+    assert not sent and got == pytest.approx(whole, rel=1e-6)
+    assert terms == pytest.approx(whole_terms, rel=1e-6)
+    torch.testing.assert_close(learner.normal.grad, want[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(learner.anomalous.grad, want[1], rtol=1e-5, atol=1e-7)
+    # A process with no image of the batch still takes part (zeros) and ends with the same step.
+    learner.zero_grad()
+    sent[:] = []
+    backward_step(learner, batch["patch_tokens"], batch["mask"], tiny.temperature, grid, batch_size=5,
+                  all_reduce=record)
+    learner.zero_grad()
+    empty = backward_step(learner, batch["patch_tokens"][:0], batch["mask"][:0], tiny.temperature, grid,
+                          batch_size=5, all_reduce=add_recorded)
+    assert empty == pytest.approx(whole, rel=1e-6)
+    torch.testing.assert_close(learner.normal.grad, want[0], rtol=1e-5, atol=1e-7)
+
+
 # ------------------------------------------------------------------------ data order, loss terms, the start
 
 def _record_order(monkeypatch):

@@ -11,7 +11,8 @@ The tree shows the architecture:
   fusion, maps, the :class:`Detector`);
 - ``eval/``: metrics, evaluation runs, the cross-dataset protocol;
 - ``data/``: datasets, their preparation, toy data, downloads, safe file writing;
-- ``course/``: the notebooks' start-up, self-checks and figures.
+- ``course/``: the notebooks' start-up, self-checks and figures;
+- ``distributed.py``: several processes (torchrun) sharing an evaluation or a training run.
 
 Names are imported on first use, so ``import tipsomaly_lite`` stays light.
 """

@@ -13,17 +13,26 @@
 All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
 the numbers are meaningless.
 
+``train``, ``evaluate`` and ``benchmark`` also run on several processes started by ``torchrun``
+(one per GPU, ``nccl``; or CPU processes, ``gloo``), e.g.
+``torchrun --nproc_per_node 4 -m tipsomaly_lite evaluate ...``: evaluation deals whole batches of
+``--batch-size`` images to the processes, training splits each batch of ``--batch-size`` images
+among them; rank 0 alone prints and writes, and the results equal one process's
+(:mod:`tipsomaly_lite.distributed`).
+
 Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tipsomaly_lite import __version__
 from tipsomaly_lite.data.atomic import atomic_file
@@ -32,6 +41,7 @@ from safetensors import SafetensorError
 
 from tipsomaly_lite.data.archives import ArchiveError
 from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite.distributed import PeerFailed
 from tipsomaly_lite.offline import MEANINGLESS_TAG
 
 #: The paper's input side (37 x 37 patches).
@@ -234,7 +244,8 @@ def _load_model(args: argparse.Namespace):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_backbone(args.variant, family=family, image_size=size, device=device)
+    model = load_backbone(args.variant, family=family, image_size=size, device=device,
+                          dtype=getattr(args, "dtype", "fp32"))
     print(repr(model))  # says TINY RANDOM WEIGHTS for the offline model; the banner came as a warning
     if model.is_offline:
         print(MEANINGLESS_TAG)
@@ -281,6 +292,7 @@ def _prompts(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from tipsomaly_lite import distributed
     from tipsomaly_lite.method.training import TrainConfig, train_prompts
 
     root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
@@ -301,7 +313,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"resumed after epoch {result.resumed_from}")
     for epoch, loss in enumerate(result.epoch_losses, 1):
         print(f"epoch {epoch}: mean loss {loss:.4f}")
-    if result.history:
+    if result.history and distributed.is_main():  # under torchrun rank 0 alone writes
         from matplotlib import pyplot as plt
 
         from tipsomaly_lite.course.viz import plot_loss_curve
@@ -346,6 +358,7 @@ def _prompts_provenance(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from tipsomaly_lite import distributed
     from tipsomaly_lite.eval.evaluation import evaluate
 
     root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
@@ -355,17 +368,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(dataset)
     detector = _detector(args, model, prompts, source)
     print(detector)
-    out = _output_folder(Path(args.out or Path("runs") / "eval" / args.dataset))  # before the long part
+    out = Path(args.out or Path("runs") / "eval" / args.dataset)
+    distributed.main_only(_output_folder, out)  # before the long part; under torchrun rank 0 alone writes
     result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                       num_workers=args.workers, progress=not args.quiet, extra_config=_prompts_provenance(args))
     print(result.to_markdown(paper=args.paper))  # shown even if writing fails after all (a full disk)
-    paths = result.save(out, paper=args.paper)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if distributed.is_main():
+        paths = result.save(out, paper=args.paper)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
+    from tipsomaly_lite import distributed
     from tipsomaly_lite.data.datasets import DATASET_KEYS, AnomalyDataset
     from tipsomaly_lite.method.detector import Detector
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
@@ -401,10 +417,12 @@ def _benchmark(args: argparse.Namespace) -> int:
                             prompts_source=source)
         results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                                 num_workers=args.workers, progress=not args.quiet)
-        results[key].save(out / key, paper=True)
+        if distributed.is_main():  # under torchrun rank 0 alone writes
+            results[key].save(out / key, paper=True)
     table = benchmark_table(results)
-    with atomic_file(out / "benchmark.md", "w", encoding="utf-8") as f:
-        f.write(table)
+    if distributed.is_main():
+        with atomic_file(out / "benchmark.md", "w", encoding="utf-8") as f:
+            f.write(table)
     print("\n" + table)
     print(f"wrote {out / 'benchmark.md'} and one folder per dataset under {out}")
     return 0
@@ -581,6 +599,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="input side in px, a multiple of the patch size (default: 518 for tips, native otherwise)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, as in the notebooks), cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="the vision tower's dtype; the text tower, scores and maps stay fp32 (default: fp32)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per step (default: 8)")
     p.add_argument("--prompt-set", default=None,
                    help="fixed prompt set name or .json (default: the --prompts run's set, else industrial)")
@@ -603,11 +623,38 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=_sigma, default=4.0, help="Gaussian smoothing of the maps, px (default: 4)")
 
 
+#: Commands that share their work among the processes torchrun starts (tipsomaly_lite.distributed).
+_DISTRIBUTED = ("train", "evaluate", "benchmark")
+
+
+@contextlib.contextmanager
+def _processes(args: argparse.Namespace) -> Iterator[None]:
+    """Under torchrun: join the process group, take this process's device, and let only rank 0 print."""
+    from tipsomaly_lite import distributed
+
+    if not distributed.launched_by_torchrun():
+        yield
+        return
+    if args.command not in _DISTRIBUTED:
+        raise ValueError(f"{args.command} runs in one process; start it without torchrun (only "
+                         f"{', '.join(_DISTRIBUTED)} share their work among processes)")
+    args.device = str(distributed.init_from_env(args.device))
+    try:
+        with open(os.devnull, "w") as quiet, \
+                contextlib.redirect_stdout(quiet) if not distributed.is_main() else contextlib.nullcontext():
+            yield
+    finally:
+        distributed.shutdown()
+
+
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             _check_out(args)
-            return func(args)
+            with _processes(args):
+                return func(args)
+        except PeerFailed:
+            return 2  # another process of the torchrun failed and printed why; this one stops quietly
         except _USER_ERRORS as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             print(f"tipsomaly {args.command}: error: {_one_line(message)}", file=sys.stderr)

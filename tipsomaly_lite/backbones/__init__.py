@@ -28,7 +28,8 @@ def load_backbone(variant: str | None = None, *, family: str | None = None, **kw
             SigLIP2 ``"so400m-256"``..., ``"tiny"`` (offline, random) or ``"hf:<hub id or local folder>"``;
             the family's default when None.
         family: ``"tips"`` (default), ``"clip"`` or ``"siglip2"``; read from an ``hf:`` spec when omitted.
-        **kwargs: passed to the family's loader (``image_size``, ``device``, ``download``...; TIPS:
+        **kwargs: passed to the family's loader (``image_size``, ``device``, ``download``, ``dtype``
+            (``"float32"`` or ``"bfloat16"``: the vision tower's; text stays float32)...; TIPS:
             :func:`~tipsomaly_lite.backbones.tips.model.load_tips`, the others:
             :func:`~tipsomaly_lite.backbones.hf.load_hf_backbone`).
     Raises:

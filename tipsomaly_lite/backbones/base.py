@@ -23,7 +23,8 @@ from typing import Iterable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "l2_normalize", "NORM_EPS", "weights_fingerprint"]
+__all__ = ["Backbone", "l2_normalize", "NORM_EPS", "VISION_DTYPES", "vision_dtype", "cpu_has_bf16",
+           "warn_if_slow_bf16", "weights_fingerprint"]
 
 #: The method's normalisation floor: ``x / max(||x||, NORM_EPS)`` (docs/method.md, Eq. 1).
 NORM_EPS = 1e-3
@@ -38,6 +39,43 @@ def l2_normalize(x: Tensor, eps: float = NORM_EPS) -> Tensor:
         ``(..., D)`` with unit norm where ``||x|| >= eps``.
     """
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+#: Names a loader accepts for the vision tower's dtype (``dtype=``); torch dtypes work too.
+VISION_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32,
+                                         "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def vision_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype a loader's ``dtype=`` argument names: fp32 or bf16.
+
+    Args:
+        dtype: ``"float32"``/``"fp32"``/``torch.float32`` or ``"bfloat16"``/``"bf16"``/``torch.bfloat16``.
+    Returns:
+        ``torch.float32`` or ``torch.bfloat16``.
+    Raises:
+        ValueError: anything else; the message names the allowed values.
+    """
+    if isinstance(dtype, torch.dtype) and dtype in VISION_DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in VISION_DTYPES:
+        return VISION_DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {sorted(VISION_DTYPES)}, torch.float32 or torch.bfloat16, got {dtype!r}")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (avx512_bf16 or AMX), as oneDNN reports it."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
+def warn_if_slow_bf16(dtype: torch.dtype, device: str | torch.device) -> None:
+    """Warn when bf16 is asked for on a CPU that can only emulate it (slower than float32 there)."""
+    if dtype == torch.bfloat16 and torch.device(device).type == "cpu" and not cpu_has_bf16():
+        from tipsomaly_lite.offline import warn_caller
+
+        warn_caller("dtype=bfloat16 on a CPU without bf16 matrix instructions (avx512_bf16 or AMX): it is emulated "
+                    "and slower than float32 here; use float32 on this machine")
 
 
 def weights_fingerprint(module: nn.Module, header: str) -> str:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from tipsomaly_lite import offline
-from tipsomaly_lite.backbones.base import l2_normalize, weights_fingerprint
+from tipsomaly_lite.backbones.base import l2_normalize, vision_dtype, warn_if_slow_bf16, weights_fingerprint
 from tipsomaly_lite.backbones.preprocess import check_size, preprocess
 
 __all__ = ["HF_FAMILIES", "SHORT_NAMES", "HFBackbone", "CLIPBackbone", "SigLIP2Backbone", "load_hf_backbone"]
@@ -127,7 +127,12 @@ class HFBackbone(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.logit_scale.dtype
+        """The vision tower's dtype (float32 or bfloat16); the text tower is always float32."""
+        return next(self.model.vision_model.parameters()).dtype
+
+    def _vision_modules(self) -> list[nn.Module]:
+        """What runs on images: cast to the ``dtype`` asked at load time; text stays float32."""
+        return [self.model.vision_model]
 
     def preprocess(self, images: Any | Iterable[Any], size: int | None = None) -> Tensor:
         """Images -> ``(B, 3, S, S)`` RGB in [0, 1] (squashed, no crop; normalised later, in the model)."""
@@ -203,6 +208,9 @@ class CLIPBackbone(HFBackbone):
     @property
     def text_width(self) -> int:
         return int(self.model.config.projection_dim)
+
+    def _vision_modules(self) -> list[nn.Module]:
+        return [self.model.vision_model, self.model.visual_projection]
 
     @torch.no_grad()
     def encode_features(self, images: Tensor) -> dict[str, Tensor]:
@@ -345,7 +353,8 @@ def _family_of(folder: Path) -> str | None:
 
 
 def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int | None = None,
-                     device: str | torch.device = "cpu", download: bool = True, **options: Any) -> HFBackbone:
+                     device: str | torch.device = "cpu", download: bool = True,
+                     dtype: str | torch.dtype = "float32", **options: Any) -> HFBackbone:
     """Load CLIP or SigLIP2, frozen and in eval mode.
 
     Args:
@@ -356,16 +365,20 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
         image_size: default input side (a multiple of the patch size); the checkpoint's when omitted.
         device: where the model lives.
         download: fetch a hub checkpoint into ``$TIPSOMALY_HOME/hf`` when it is not there.
+        dtype: the vision tower's dtype, ``"float32"`` (default) or ``"bfloat16"`` (as for
+            :func:`~tipsomaly_lite.backbones.tips.model.load_tips`: the text tower stays float32 and
+            the features come back float32).
         **options: the family's own options (CLIP: ``dense="values"``, see :class:`CLIPBackbone`).
 
     ``TIPSOMALY_OFFLINE=1`` turns anything that needs the network into ``"tiny"``.
     Raises:
-        ValueError: unknown family or a local folder that is not a CLIP/SigLIP checkpoint.
+        ValueError: unknown family or dtype, or a local folder that is not a CLIP/SigLIP checkpoint.
         tipsomaly_lite.data.download.DownloadError: the hub cannot be reached.
     Taught in notebooks/08_backbones.ipynb.
     """
     if family not in _CLASSES:
         raise ValueError(f"unknown transformers backbone family {family!r}; expected one of {HF_FAMILIES}")
+    dtype = vision_dtype(dtype)
     variant = variant or DEFAULT_VARIANTS[family]
     target = variant[3:] if variant.startswith("hf:") else SHORT_NAMES[family].get(variant, variant)
     is_local = variant != "tiny" and Path(target).is_dir()
@@ -376,8 +389,9 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
         offline.warn_meaningless()
         model, max_len = _tiny_model(family)
         mean, std = _STATS[family]
-        return cls(model, _TinyTokenizer(family, max_len), variant="tiny", source="random init (tiny, offline)",
-                   image_size=image_size, image_mean=mean, image_std=std, is_offline=True, **options).to(device)
+        backbone = cls(model, _TinyTokenizer(family, max_len), variant="tiny", source="random init (tiny, offline)",
+                       image_size=image_size, image_mean=mean, image_std=std, is_offline=True, **options)
+        return _place(backbone, device, dtype)
     try:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as err:  # an optional extra
@@ -405,8 +419,18 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
         stats = json.loads(processor_file.read_text(encoding="utf-8"))
         mean, std = tuple(stats.get("image_mean", mean)), tuple(stats.get("image_std", std))
     max_len = int(model.config.text_config.max_position_embeddings)
-    return cls(model, _HubTokenizer(tokenizer, max_len), variant=variant, source=str(target),
-               image_size=image_size, image_mean=mean, image_std=std, **options).to(device)
+    backbone = cls(model, _HubTokenizer(tokenizer, max_len), variant=variant, source=str(target),
+                   image_size=image_size, image_mean=mean, image_std=std, **options)
+    return _place(backbone, device, dtype)
+
+
+def _place(backbone: HFBackbone, device: str | torch.device, dtype: torch.dtype) -> HFBackbone:
+    """Move to ``device`` (hub checkpoints may hold bf16: start from float32) and cast the vision tower to ``dtype``."""
+    warn_if_slow_bf16(dtype, device)
+    backbone = backbone.to(device=device, dtype=torch.float32)
+    for module in backbone._vision_modules():
+        module.to(dtype)
+    return backbone
 
 
 def hf_family_for(spec: str) -> str | None:

@@ -7,6 +7,11 @@ maps' own range, 10 MiB), so memory does not grow with the dataset: a 2,000-imag
 times 100. Besides the paper's six (:data:`METRICS`) every table, CSV and ``results.json`` carries
 :data:`EXTRA_METRICS` (pixel AP, which the authors' code also reports) in a last column.
 
+Under ``torchrun`` the processes take turns at whole batches (:func:`tipsomaly_lite.distributed.shard`),
+then gather the image scores back into dataset order and sum the pixel histograms, so every
+process ends with the result one process would compute (the scores bit for bit; the pixel metrics
+up to the float64 summation order of the PRO weights).
+
 Taught in notebooks/06_benchmark.ipynb.
 """
 
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tipsomaly_lite import __version__
+from tipsomaly_lite import __version__, distributed
 from tipsomaly_lite.data.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
 from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator, image_metrics
@@ -240,6 +245,30 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             "class_word": [i["class_word"] for i in items], "path": [i["path"] for i in items]}
 
 
+def _check_same_everywhere(detector: Detector, dataset: Any, batch_size: int) -> None:
+    """Refuse to combine processes that do not evaluate the same thing (dataset, batch size, model, method)."""
+    mine = {"items": len(dataset), "batch_size": batch_size, "weights": detector.model.fingerprint(),
+            "detector": json.dumps(detector.config(), sort_keys=True, default=str)}
+    everyone = distributed.all_gather_objects(mine)
+    differ = sorted({k for other in everyone for k in mine if other[k] != mine[k]})
+    if differ:
+        raise ValueError(f"the {len(everyone)} processes differ in {differ}; every process must load the same "
+                         "dataset, model and settings")
+
+
+def _gather_scores(mine: list[int], scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's score rows, back in dataset order (as one process would have them)."""
+    rows = [row for part in distributed.all_gather_objects(list(zip(mine, scores))) for row in part]
+    return [row for _, row in sorted(rows, key=lambda pair: pair[0])]
+
+
+def _reduce_pixels(pixels: dict[str, PixelAccumulator]) -> dict[str, PixelAccumulator]:
+    """Every process's per-class pixel histograms summed (:meth:`PixelAccumulator.all_reduce`), classes united."""
+    classes = sorted({c for part in distributed.all_gather_objects(sorted(pixels)) for c in part})
+    return {cls: (pixels.get(cls) or PixelAccumulator(name=cls)).all_reduce(distributed.all_reduce)
+            for cls in classes}
+
+
 def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mode: str = "standard",
              num_workers: int = 0, progress: bool = True, dataset_name: str | None = None,
              extra_config: dict[str, Any] | None = None) -> EvaluationResult:
@@ -257,17 +286,27 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
         extra_config: recorded in the config as well (e.g. the prompts' training run and seed).
     Returns:
         :class:`EvaluationResult`; its ``config`` records variant, size, prompts, protocol, AUPRO
-        mode, seed and versions.
+        mode, seed, versions and ``world_size``. Under ``torchrun`` each process scores its share of
+        the batches and every process returns the whole dataset's result (the caller lets rank 0 save it).
+    Raises:
+        ValueError: unknown ``aupro_mode``; under torchrun, processes with other data, batch size,
+            weights or settings.
     Taught in notebooks/06_benchmark.ipynb.
     """
     if aupro_mode not in AUPRO_MODES:
         raise ValueError(f"aupro_mode must be one of {AUPRO_MODES}, got {aupro_mode!r}")
     name = dataset_name or getattr(dataset, "key", None) or "dataset"
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate)
+    rank, world_size = distributed.world()
+    if world_size > 1:
+        _check_same_everywhere(detector, dataset, batch_size)
+    mine = distributed.shard(len(dataset), batch_size)  # everything in one process
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers, collate_fn=_collate)
     pixels: dict[str, PixelAccumulator] = {}
     scores: list[dict[str, Any]] = []
-    for batch in tqdm(loader, desc=f"evaluating {name}", unit="batch", disable=not progress):
+    bar = tqdm(loader, desc=f"evaluating {name}" + (f" ({world_size} processes)" if world_size > 1 else ""),
+               unit="batch", disable=not progress or rank != 0)
+    for batch in bar:
         pred = detector.predict(batch["image"], batch["class_word"])
         maps, masks = pred.anomaly_map.cpu(), batch["mask"][:, 0] > 0.5
         for i, cls in enumerate(batch["class_name"]):
@@ -276,6 +315,9 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
                            "image_score": float(pred.image_score[i]), "global_score": float(pred.global_score[i]),
                            "local_score": float(pred.local_score[i]),
                            **{f"global_{t}": float(v[i]) for t, v in pred.global_by_token.items()}})
+    if world_size > 1:
+        scores = _gather_scores(mine, scores)
+        pixels = _reduce_pixels(pixels)
     per_class, bounds = {}, {}
     by_class = _by_class(scores)
     for cls in sorted(pixels):
@@ -291,6 +333,7 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
               "aupro_max_fpr": 0.3, "aupro_connectivity": 8,
               "pixel_metrics_on": "the anomaly maps' own values (histogram bins over their range)",
               "pixel_error_bounds": bounds,  # per class, x100: 0 = exact (PixelAccumulator.error_bounds)
+              "world_size": world_size,  # processes that shared the images (torchrun); the results do not depend on it
               "tipsomaly_lite": __version__, "torch": torch.__version__,
               "python": platform.python_version(), **detector.config(), **(extra_config or {})}
     return EvaluationResult(name, per_class, _mean(per_class, _COLUMNS, name), config, scores)

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -584,6 +584,36 @@ class PixelAccumulator:
         self._n_normal += other._n_normal
         self._n_anomalous += other._n_anomalous
         self._n_regions += other._n_regions
+        return self
+
+    def all_reduce(self, reduce: Callable[[np.ndarray, str], Any]) -> "PixelAccumulator":
+        """Combine, in place, with the accumulators of the same class in other processes (all call this).
+
+        Afterwards every process holds what one accumulator that saw all their images would hold:
+        first the grid is widened to the range all processes saw (the grid is a function of the
+        range alone, see :meth:`expand_to`), then the counts and PRO weights are summed and the bins'
+        smallest / largest values reduced by min / max. An accumulator that saw no image takes part
+        with zeros.
+
+        Args:
+            reduce: ``reduce(array, op)`` combines a numpy array element-wise over the processes in
+                place, ``op`` in ``sum`` / ``min`` / ``max``
+                (:func:`tipsomaly_lite.distributed.all_reduce`).
+        Returns:
+            ``self``.
+        """
+        lo, hi = np.array([self._range[0], self._min]), np.array([self._range[1], self._max])
+        reduce(lo, "min")
+        reduce(hi, "max")
+        if math.isfinite(lo[0]):  # some process saw pixels
+            self.expand_to(lo[0], hi[0])
+        for name, op in (("_normal", "sum"), ("_anomalous", "sum"), ("_pro_weight", "sum"), ("_bin_min", "min"),
+                         ("_bin_max", "max")):
+            reduce(getattr(self, name), op)
+        counts = np.array([self._n_images, self._n_normal, self._n_anomalous, self._n_regions], dtype=np.int64)
+        reduce(counts, "sum")
+        self._n_images, self._n_normal, self._n_anomalous, self._n_regions = (int(c) for c in counts)
+        self._min, self._max = float(lo[1]), float(hi[1])
         return self
 
     # -- curves

@@ -152,7 +152,8 @@ class Detector:
     def config(self) -> dict[str, Any]:
         """Everything that changes the scores, for a result's config file."""
         return {"backbone": self.model.family, "variant": self.model.variant, "model_source": self.model.source,
-                "offline_model": self.model.is_offline, "mode": self.mode, "global_token": self.token,
+                "offline_model": self.model.is_offline, "dtype": str(self.model.dtype).removeprefix("torch."),
+                "mode": self.mode, "global_token": self.token,
                 "prompt_set": self.prompt_set.to_dict(), "pixel_prompts": self.prompts_source,
                 "n_prompt_tokens": self.n_prompt_tokens, "sigma": self.sigma, "map_filter":
                 "torch separable Gaussian, equal to scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)",

@@ -16,6 +16,12 @@ Fail closed: a run is resumed only when the data, classes, image size, backbone 
 each checkpoint carries the loss rows of every step so far, so a kill at any point loses no step;
 and a NaN/inf loss or prompt stops training before anything of that epoch is saved.
 
+Several processes (``torchrun``, :mod:`tipsomaly_lite.distributed`) share each batch: every process
+encodes its share of the batch's images and sums the prompt gradient with the others
+(:func:`backward_step`), so all of them take the step one process would take with the same
+(global) batch. Rank 0 alone writes the run folder (and holds its lock); the processes start from
+rank 0's prompts and optimizer state, so a run may be resumed on another number of processes.
+
 Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
@@ -42,10 +48,10 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tipsomaly_lite import __version__
+from tipsomaly_lite import __version__, distributed
 from tipsomaly_lite.data.atomic import LockedError, atomic_file, file_lock
 from tipsomaly_lite.method.feature_cache import FeatureCache
-from tipsomaly_lite.method.losses import fused_segmentation_loss, segmentation_loss
+from tipsomaly_lite.method.losses import LOSS_TERMS, fused_segmentation_loss, segmentation_loss
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 from tipsomaly_lite.method.scoring import patch_probabilities
 from tipsomaly_lite.backbones.base import Backbone
@@ -152,7 +158,8 @@ def bilinear_matrix(n_in: int, n_out: int) -> Tensor:
 
 
 def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, temperature: float,
-                  grid: tuple[int, int], terms: dict[str, float] | None = None) -> float:
+                  grid: tuple[int, int], terms: dict[str, float] | None = None, *, batch_size: int | None = None,
+                  all_reduce: Callable[[Tensor], Any] | None = None) -> float:
     """:func:`training_loss` and its backward pass, image by image; returns the loss.
 
     The same value and prompt gradients as ``training_loss(...).backward()`` (the loss is a mean
@@ -165,25 +172,39 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
 
     ``terms``, when given, receives the batch's three loss terms (``focal``, ``dice_anomalous``,
     ``dice_normal``; they add up to the returned loss).
+
+    Several processes (:mod:`tipsomaly_lite.distributed`) each hold a share of one batch: they pass
+    the whole batch's ``batch_size`` (the mean's denominator; default: this call's ``B``, which may
+    be 0 for a process with no share) and ``all_reduce`` (sums a tensor over the processes in
+    place). The ``(2, D)`` gradient of the text features and the loss terms are then summed before
+    the text tower's backward pass, so every process gets the whole batch's loss and prompt
+    gradient, as one process would (up to float summation order).
     """
     b, n, _ = patch_tokens.shape
     if grid[0] * grid[1] != n:
         raise ValueError(f"grid {grid} does not hold {n} patches")
+    denominator = b if batch_size is None else batch_size
     rows, cols = (bilinear_matrix(g, s).to(patch_tokens) for g, s in zip(grid, masks.shape[-2:]))
     text = learner()
     text_leaf = text.detach().requires_grad_()
     total = 0.0
-    per_image: dict[str, float] = {}
+    per_image = dict.fromkeys(LOSS_TERMS, 0.0)
     for i in range(b):
         # Only the anomalous channel: the normal one is 1 - it (see fused_segmentation_loss).
         probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature)[..., 1]
         probs = rows @ probs.reshape(1, *grid) @ cols.T  # = F.interpolate(bilinear), as two GEMMs
-        loss = fused_segmentation_loss(probs, masks[i:i + 1], terms=per_image) / b
+        loss = fused_segmentation_loss(probs, masks[i:i + 1], terms=per_image) / denominator
         loss.backward()
         total += float(loss.detach())
-    text.backward(text_leaf.grad)
+    grad = text_leaf.grad if text_leaf.grad is not None else torch.zeros_like(text_leaf)
+    if all_reduce is not None:
+        sums = torch.tensor([total, *per_image.values()], dtype=torch.float64)
+        all_reduce(grad)
+        all_reduce(sums)
+        total, per_image = float(sums[0]), dict(zip(per_image, sums[1:].tolist()))
+    text.backward(grad)
     if terms is not None:
-        terms.update({k: v / b for k, v in per_image.items()})
+        terms.update({k: v / denominator for k, v in per_image.items()})
     return total
 
 
@@ -213,6 +234,21 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors"
+
+
+def _save_epoch(run_dir: Path, epoch: int, learner: PromptLearner, optimizer: torch.optim.Adam,
+                result: TrainResult) -> None:
+    """history.json, then the epoch's checkpoint.
+
+    history.json first: a kill between the two leaves it ahead of the checkpoint (a resume drops
+    the extra rows), never behind; the checkpoint also carries the rows itself.
+    """
+    _write_json(run_dir / "history.json", {"steps": result.history, "epoch_losses": result.epoch_losses})
+    _save_checkpoint(run_dir, epoch, learner, optimizer, result.history)
+
+
 def _save_checkpoint(run_dir: Path, epoch: int, learner: PromptLearner, optimizer: torch.optim.Adam,
                      history: list[dict[str, float]] | None = None) -> Path:
     tensors = {"normal": learner.normal.detach().cpu().contiguous(),
@@ -228,7 +264,7 @@ def _save_checkpoint(run_dir: Path, epoch: int, learner: PromptLearner, optimize
         # The steps so far travel with the prompts, so a kill between this file and history.json loses none.
         metadata["history"] = json.dumps(history)
     data = save_safetensors_bytes(tensors, metadata=metadata)
-    path = run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors"
+    path = _checkpoint_path(run_dir, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
         f.write(data)
@@ -393,6 +429,67 @@ def _describe_start(start: dict[str, Tensor], seed: int) -> str:
     return f"given: sha256 {digest[:16]} of the float32 (normal, anomalous)"
 
 
+def _open_run(run_dir: Path, model: Backbone, dataset: Any, config: TrainConfig, start: dict[str, Tensor],
+              resume: bool, learner: PromptLearner, optimizer: torch.optim.Adam, result: TrainResult) -> int:
+    """Prepare the run folder: clear it (``resume=False``) or resume its last checkpoint; write config.json.
+
+    Returns:
+        The epochs already done (0 for a fresh start); ``learner``, ``optimizer`` and ``result``
+        hold the resumed state.
+    """
+    done = 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a fresh start must not leave older epochs that a later resume would pick up
+        for old in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
+            old.unlink()
+        (run_dir / "history.json").unlink(missing_ok=True)
+    last = latest_checkpoint(run_dir)
+    run_config = _run_config(model, dataset, config)
+    run_config["initial_prompts"] = _describe_start(start, config.seed)
+    run_config["world_size"] = distributed.world()[1]  # processes sharing each batch (may change on resume)
+    if last is not None:
+        _check_resumable(run_dir, run_config)
+        tensors, done = _read_checkpoint(last)
+        with torch.no_grad():
+            learner.normal.copy_(tensors["normal"])
+            learner.anomalous.copy_(tensors["anomalous"])
+        for i, param in enumerate((learner.normal, learner.anomalous)):
+            state = {k.split(".")[-1]: v if k.endswith(".step") else v.to(param.device)
+                     for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
+            if state:
+                optimizer.state[param] = state
+        result.history = _resumed_history(run_dir, last, done, n_batches=-(-len(dataset) // config.batch_size))
+        result.epoch_losses = _epoch_losses(result.history, done)
+        result.checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.safetensors"))
+        result.resumed_from = done
+    _write_json(run_dir / "config.json", run_config)
+    return done
+
+
+def _share_start(learner: PromptLearner, optimizer: torch.optim.Adam, result: TrainResult, model: Backbone) -> None:
+    """Every process starts where rank 0 starts (its seeded or given prompts, or its resumed checkpoint)."""
+    mine = {"fingerprint": model.fingerprint(),
+            "prompts": (learner.normal.detach().cpu(), learner.anomalous.detach().cpu()),
+            "adam": optimizer.state_dict(), "history": result.history, "epoch_losses": result.epoch_losses,
+            "checkpoints": result.checkpoints, "resumed_from": result.resumed_from}
+    start = distributed.broadcast_object(mine)
+    if start["fingerprint"] != mine["fingerprint"]:
+        raise ValueError(f"rank {distributed.world()[0]} loaded other backbone weights than rank 0 "
+                         f"({mine['fingerprint']} vs {start['fingerprint']}); every process must load the same model")
+    with torch.no_grad():
+        learner.normal.copy_(start["prompts"][0])
+        learner.anomalous.copy_(start["prompts"][1])
+    optimizer.load_state_dict(start["adam"])
+    result.history, result.epoch_losses = start["history"], start["epoch_losses"]
+    result.checkpoints, result.resumed_from = start["checkpoints"], start["resumed_from"]
+
+
+def _no_batch(model: Backbone, grid: tuple[int, int], size: int) -> tuple[Tensor, Tensor]:
+    """Empty ``(0, N, D)`` tokens and ``(0, 1, S, S)`` masks: a process with no share of a short last batch."""
+    return (torch.zeros(0, grid[0] * grid[1], model.text_width, device=model.device),
+            torch.zeros(0, 1, size, size, device=model.device))
+
+
 def _batch(model: Backbone, dataset: Any, cache: FeatureCache | None, idx: list[int]) -> tuple[Tensor, Tensor]:
     """``patch_tokens (B, N, D)`` and ``mask (B, 1, S, S)`` of dataset items, from the cache or encoded now."""
     if cache is not None:
@@ -434,7 +531,8 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
             prompts became NaN/inf (nothing of that epoch is saved).
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
-    with _locked_run(None if out_dir is None else Path(out_dir)):
+    # Under torchrun only rank 0 writes the run folder (and holds its lock); see _train_prompts.
+    with _locked_run(None if out_dir is None or not distributed.is_main() else Path(out_dir)):
         return _train_prompts(model, dataset, config, out_dir, resume=resume, cache=cache, progress=progress,
                               on_step=on_step, initial_prompts=initial_prompts)
 
@@ -450,47 +548,30 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
     start_time = time.perf_counter()
     size = int(dataset.image_size)
     grid = model.patch_grid(size)
-    run_dir = Path(out_dir) if out_dir is not None else None
+    rank, world_size = distributed.world()
+    folder = Path(out_dir) if out_dir is not None else None
     start = _initial_prompts(initial_prompts, config.n_tokens)
     learner = PromptLearner(model, config.n_tokens, config.prompt_set, config.class_word,
                             generator=torch.Generator().manual_seed(config.seed), **start)
     optimizer = torch.optim.Adam([learner.normal, learner.anomalous], lr=config.lr, betas=config.betas)
     result = TrainResult(learner)
     done = 0
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a fresh start must not leave older epochs that a later resume would pick up
-            for old in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
-                old.unlink()
-            (run_dir / "history.json").unlink(missing_ok=True)
-        last = latest_checkpoint(run_dir)
-        run_config = _run_config(model, dataset, config)
-        run_config["initial_prompts"] = _describe_start(start, config.seed)
-        if last is not None:
-            _check_resumable(run_dir, run_config)
-            tensors, done = _read_checkpoint(last)
-            with torch.no_grad():
-                learner.normal.copy_(tensors["normal"])
-                learner.anomalous.copy_(tensors["anomalous"])
-            for i, param in enumerate((learner.normal, learner.anomalous)):
-                state = {k.split(".")[-1]: v if k.endswith(".step") else v.to(param.device)
-                         for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
-                if state:
-                    optimizer.state[param] = state
-            result.history = _resumed_history(run_dir, last, done, n_batches=-(-len(dataset) // config.batch_size))
-            result.epoch_losses = _epoch_losses(result.history, done)
-            result.checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.safetensors"))
-            result.resumed_from = done
-        _write_json(run_dir / "config.json", run_config)
+    if folder is not None:  # rank 0 opens the run folder; a refusal there stops every process
+        done = distributed.main_only(_open_run, folder, model, dataset, config, start, resume, learner, optimizer,
+                                     result) or 0
+    if world_size > 1:
+        _share_start(learner, optimizer, result, model)
+        done = result.resumed_from
     if cache is None and config.cache != "none":
         where = config.cache
         if where == "auto":
             # L/14 at 518 px in fp16 is 2.8 MB per image: MVTec AD's 1,725 test images take 4.8 GB.
             per_image = grid[0] * grid[1] * model.text_width * (2 if config.cache_dtype == "float16" else 4)
             big = per_image * len(dataset) > MEMORY_CACHE_LIMIT
-            where = "disk" if big and run_dir is not None else "memory"
-        folder = run_dir / "feature_cache" if where == "disk" and run_dir is not None else None
-        cache = FeatureCache(model, size, folder=folder, progress=progress,
+            where = "disk" if big and folder is not None else "memory"
+        # Every process encodes and caches its own images (content-keyed files, written atomically).
+        cache = FeatureCache(model, size, folder=folder / "feature_cache" if where == "disk" and folder else None,
+                             progress=progress and rank == 0,
                              dtype=torch.float16 if config.cache_dtype == "float16" else torch.float32)
     if cache is not None and cache.image_size != size:
         raise ValueError(f"the feature cache is for {cache.image_size} px but the dataset gives {size} px")
@@ -504,17 +585,20 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
                 order = torch.arange(len(dataset))
             losses = []
             epoch_start = time.perf_counter()
-            bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress)
+            bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                       disable=not progress or rank != 0)
             for step in bar:
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size].tolist()
-                tokens, masks = _batch(model, dataset, cache, idx)
+                batch = order[step * config.batch_size:(step + 1) * config.batch_size].tolist()
+                idx = batch[rank::world_size]  # this process's share of the batch (all of it in one process)
+                tokens, masks = _batch(model, dataset, cache, idx) if idx else _no_batch(model, grid, size)
                 optimizer.zero_grad(set_to_none=True)
                 terms: dict[str, float] = {}
-                loss = backward_step(learner, tokens, masks, model.temperature, grid, terms)
-                _stop_if_not_finite(f"the loss ({loss})", loss, epoch, step, run_dir)
+                shared = {"batch_size": len(batch), "all_reduce": distributed.all_reduce} if world_size > 1 else {}
+                loss = backward_step(learner, tokens, masks, model.temperature, grid, terms, **shared)
+                _stop_if_not_finite(f"the loss ({loss})", loss, epoch, step, folder)
                 optimizer.step()
                 _stop_if_not_finite("the prompts", torch.cat([learner.normal.detach(), learner.anomalous.detach()]),
-                                    epoch, step, run_dir)
+                                    epoch, step, folder)
                 row = {"epoch": epoch, "step": len(result.history) + 1, "loss": loss, **terms}
                 result.history.append(row)
                 losses.append(row["loss"])
@@ -523,10 +607,8 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
                     on_step(row)
             result.epoch_losses.append(float(np.mean(losses)))
             result.epoch_seconds.append(time.perf_counter() - epoch_start)
-            if run_dir is not None:
-                # history.json first: a kill between the two leaves it ahead of the checkpoint (a resume
-                # drops the extra rows), never behind; the checkpoint also carries the rows itself.
-                _write_json(run_dir / "history.json", {"steps": result.history, "epoch_losses": result.epoch_losses})
-                result.checkpoints.append(_save_checkpoint(run_dir, epoch, learner, optimizer, result.history))
+            if folder is not None:  # rank 0 writes; a failure there (a full disk) stops every process
+                distributed.main_only(_save_epoch, folder, epoch, learner, optimizer, result)
+                result.checkpoints.append(_checkpoint_path(folder, epoch))
     result.seconds = time.perf_counter() - start_time
     return result
