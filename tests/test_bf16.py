@@ -217,3 +217,23 @@ def test_cli_refuses_an_unknown_dtype_in_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--dtype" in err[0] and "fp16" in err[0]
+
+
+@pytest.mark.parametrize("dtype, tol", [("fp32", 1e-5), ("bf16", 2e-2)])
+def test_a_batch_split_into_cpu_passes_gives_the_whole_batch_features(dtype, tol, _isolated_home, monkeypatch):
+    import tipsomaly_lite.backbones.tips.model as model_module
+
+    model = _quiet_load("tiny", dtype=dtype)
+    torch.manual_seed(0)
+    images = torch.rand(5, 3, 56, 84)  # 5 = 2 + 2 + 1 images per pass
+    calls = []
+    original = model.vision.forward
+    monkeypatch.setattr(model.vision, "forward", lambda x: calls.append(len(x)) or original(x))
+    split = model.encode_image(images)
+    assert calls == [2, 2, 1]
+    monkeypatch.setattr(model_module, "CPU_IMAGES_PER_PASS", 8)
+    calls.clear()
+    whole = model.encode_image(images)
+    assert calls == [5]
+    for a, b in zip(split, whole):
+        torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=0)
