@@ -130,6 +130,51 @@ def test_training_resumes_on_another_number_of_processes(toy_root, tmp_path):
     assert latest_checkpoint(tmp_path / "split").name == "epoch_002.safetensors"
 
 
+MISMATCH = """
+import sys, warnings
+import torch
+from tipsomaly_lite import AnomalyDataset, Detector, TrainConfig, distributed, evaluate, load_tips, train_prompts
+
+distributed.init_from_env("cpu")
+rank = distributed.world()[0]
+warnings.simplefilter("ignore")
+model = load_tips("tiny")
+if rank == 1:  # this process loaded other weights
+    with torch.no_grad():
+        model.vision.norm.weight.add_(1.0)
+data = AnomalyDataset(sys.argv[1], image_size=112)
+said = []
+for name, run in (("evaluate", lambda: evaluate(Detector(model), data, progress=False)),
+                  ("train", lambda: train_prompts(model, data, TrainConfig(epochs=1), progress=False))):
+    try:
+        run()
+        said.append(f"{name}: ran")
+    except distributed.PeerFailed:
+        said.append(f"{name}: PeerFailed")
+    except ValueError as exc:
+        said.append(f"{name}: ValueError {exc}")
+open(f"{sys.argv[2]}/rank{rank}.txt", "w").write("\\n".join(said))
+distributed.shutdown()
+"""
+
+
+def test_processes_with_other_weights_are_refused_by_every_process(toy_root, tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCH)
+    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV_VARS}
+    env.update({"TIPSOMALY_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(toy_root / "toy"), str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = [(tmp_path / f"rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    for rank in (0, 1):  # evaluation: every process sees the difference
+        assert said[rank][0].startswith("evaluate: ValueError the 2 processes differ in ['weights']")
+    # training: the process whose weights differ from rank 0's says so; rank 0 stops instead of waiting
+    assert said[0][1] == "train: PeerFailed"
+    assert said[1][1].startswith("train: ValueError rank 1 loaded other backbone weights than rank 0")
+
+
 def test_commands_that_do_not_share_work_refuse_torchrun(tmp_path):
     image = tmp_path / "a.png"
     from PIL import Image

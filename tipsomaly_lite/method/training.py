@@ -473,9 +473,10 @@ def _share_start(learner: PromptLearner, optimizer: torch.optim.Adam, result: Tr
             "adam": optimizer.state_dict(), "history": result.history, "epoch_losses": result.epoch_losses,
             "checkpoints": result.checkpoints, "resumed_from": result.resumed_from}
     start = distributed.broadcast_object(mine)
-    if start["fingerprint"] != mine["fingerprint"]:
-        raise ValueError(f"rank {distributed.world()[0]} loaded other backbone weights than rank 0 "
-                         f"({mine['fingerprint']} vs {start['fingerprint']}); every process must load the same model")
+    differs = start["fingerprint"] != mine["fingerprint"]
+    distributed.agree(ValueError(f"rank {distributed.world()[0]} loaded other backbone weights than rank 0 "
+                                 f"({mine['fingerprint']} vs {start['fingerprint']}); every process must load the "
+                                 "same model") if differs else None)
     with torch.no_grad():
         learner.normal.copy_(start["prompts"][0])
         learner.anomalous.copy_(start["prompts"][1])
