@@ -221,3 +221,7 @@ def test_one_process_is_the_identity():
         distributed.all_reduce(values, "mean")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         distributed.shard(10, 0)
+    assert distributed.main_only(lambda a, b=0: a + b, 2, b=3) == 5
+    distributed.agree(None)
+    with pytest.raises(FileExistsError, match="boom"):
+        distributed.main_only(lambda: (_ for _ in ()).throw(FileExistsError("boom")))

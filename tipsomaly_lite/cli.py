@@ -41,6 +41,7 @@ from safetensors import SafetensorError
 
 from tipsomaly_lite.data.archives import ArchiveError
 from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite import distributed
 from tipsomaly_lite.distributed import PeerFailed
 from tipsomaly_lite.offline import MEANINGLESS_TAG
 
@@ -292,7 +293,6 @@ def _prompts(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tipsomaly_lite import distributed
     from tipsomaly_lite.method.training import TrainConfig, train_prompts
 
     root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
@@ -358,7 +358,6 @@ def _prompts_provenance(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tipsomaly_lite import distributed
     from tipsomaly_lite.eval.evaluation import evaluate
 
     root = _dataset_root(args.data_root, args.dataset)  # cheap checks before loading the model
@@ -381,7 +380,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
-    from tipsomaly_lite import distributed
     from tipsomaly_lite.data.datasets import DATASET_KEYS, AnomalyDataset
     from tipsomaly_lite.method.detector import Detector
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
@@ -630,8 +628,6 @@ _DISTRIBUTED = ("train", "evaluate", "benchmark")
 @contextlib.contextmanager
 def _processes(args: argparse.Namespace) -> Iterator[None]:
     """Under torchrun: join the process group, take this process's device, and let only rank 0 print."""
-    from tipsomaly_lite import distributed
-
     if not distributed.launched_by_torchrun():
         yield
         return

@@ -12,7 +12,9 @@ module is what evaluation and training need from it:
   dropped or seen twice and every batch holds the same images as in one process (the model sees
   the same inputs, so the scores are the same);
 - :func:`all_gather_objects`, :func:`all_reduce`, :func:`broadcast_object`: combining the
-  processes' results (image score rows, histogram counts, gradients).
+  processes' results (image score rows, histogram counts, gradients);
+- :func:`agree`, :func:`main_only`: when one process fails (rank 0 refusing its output folder,
+  say), every process stops instead of waiting for it at the next collective step.
 
 Nothing here changes a single-process run: without ``torchrun`` (or with one process) every
 function is the identity and :func:`world` is ``(0, 1)``.
@@ -30,8 +32,7 @@ if TYPE_CHECKING:
 # torch is imported inside the functions: the CLI imports this module and stays quick to start.
 
 __all__ = ["ENV_VARS", "PeerFailed", "world", "is_main", "launched_by_torchrun", "init_from_env", "shutdown",
-           "shard", "all_gather_objects", "all_reduce", "broadcast_object", "agree", "main_only",
-           "barrier"]
+           "shard", "all_gather_objects", "all_reduce", "broadcast_object", "agree", "main_only"]
 
 T = TypeVar("T")
 
@@ -245,11 +246,3 @@ def main_only(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             error = exc
     agree(error)
     return result
-
-
-def barrier() -> None:
-    """Wait until every process gets here (nothing in a single process)."""
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
