@@ -359,7 +359,8 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
             returns float32 features either way, so text features, scores, maps and metrics are
             computed in float32; ``model.dtype`` reports the vision tower's dtype. bf16 roughly
             halves the vision tower's memory and is several times faster on CPUs with bf16 matrix
-            instructions (see the README, "Performance"); maps differ from fp32 by about 1e-2.
+            instructions (see the README, "Performance"); maps and scores differ from fp32 by a few
+            thousandths.
     Raises:
         ValueError: a ``dtype`` other than those above.
 
