@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tipsomaly_lite.data.archives import ArchiveError
-from tipsomaly_lite.data.download import DownloadError
-from tipsomaly_lite.data.prepare import DATASETS, download_dataset, instructions
+from tipsomaly_lite.io.archives import ArchiveError
+from tipsomaly_lite.io.download import DownloadError
+from tipsomaly_lite.data.prepare import download_dataset, instructions
+from tipsomaly_lite.data.registry import DATASETS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tipsomaly_lite.data.download import DownloadError, cache_dir
+from tipsomaly_lite.io.download import DownloadError, cache_dir
 from tipsomaly_lite.backbones.tips.registry import BUCKET, VARIANTS, fetch_variant
 
 

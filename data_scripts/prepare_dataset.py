@@ -15,7 +15,8 @@ import argparse
 import sys
 
 from tipsomaly_lite.data.datasets import DatasetError
-from tipsomaly_lite.data.prepare import DAGM_PROTOCOLS, DATASETS, prepare_dataset
+from tipsomaly_lite.data.prepare import prepare_dataset
+from tipsomaly_lite.data.registry import DAGM_PROTOCOLS, DATASETS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 try:
-    from tipsomaly_lite.data.atomic import atomic_file
+    from tipsomaly_lite.io.atomic import atomic_file
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _venv import reexec_in_venv

@@ -190,7 +190,7 @@ except ImportError:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from tipsomaly_lite.data.atomic import atomic_file
+    from tipsomaly_lite.io.atomic import atomic_file
 
     with atomic_file(path, "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.data.archives: normal archives extract, hostile ones are refused."""
+"""Tests for tipsomaly_lite.io.archives: normal archives extract, hostile ones are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tipsomaly_lite.data.archives import ArchiveError, extract_archive
+from tipsomaly_lite.io.archives import ArchiveError, extract_archive
 
 
 def _add_file(tf: tarfile.TarFile, name: str, data: bytes = b"hello") -> None:
@@ -241,7 +241,7 @@ def test_total_size_cap_counts_every_member(tmp_path):
 
 
 def test_ratio_cap_applies_above_the_floor(tmp_path, monkeypatch):
-    import tipsomaly_lite.data.archives as archives
+    import tipsomaly_lite.io.archives as archives
 
     monkeypatch.setattr(archives, "_RATIO_FLOOR", 1 << 20)
     path = zip_bomb(tmp_path / "b.zip", 4)  # 4 MiB from ~4 KiB: ratio ~1000

@@ -157,7 +157,7 @@ def test_a_local_checkpoint_folder_loads_through_the_transformers_route(tmp_path
 
 
 def test_offline_mode_and_unreachable_hub_fail_or_fall_back_clearly(tmp_path, monkeypatch):
-    from tipsomaly_lite.data.download import DownloadError
+    from tipsomaly_lite.io.download import DownloadError
 
     monkeypatch.setenv("TIPSOMALY_HOME", str(tmp_path))
     monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")

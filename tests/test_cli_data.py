@@ -10,7 +10,7 @@ import pytest
 
 from helpers import native as nf
 from tipsomaly_lite.cli import main
-from tipsomaly_lite.data.datasets import DATASET_KEYS
+from tipsomaly_lite.data.registry import DATASET_KEYS
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 
 

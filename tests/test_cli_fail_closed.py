@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tipsomaly_lite.cli import main
-from tipsomaly_lite.data.atomic import file_lock
+from tipsomaly_lite.io.atomic import file_lock
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 
 SIZE = ["--image-size", "56", "--quiet"]

@@ -15,7 +15,7 @@ import torch
 
 from tipsomaly_lite.course import checks
 from tipsomaly_lite.course import session as course
-from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite.io.download import DownloadError
 from tipsomaly_lite.offline import MeaninglessResultsWarning
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 

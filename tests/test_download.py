@@ -1,4 +1,4 @@
-"""Tests for tipsomaly_lite.data.download against a local HTTP server (no internet)."""
+"""Tests for tipsomaly_lite.io.download against a local HTTP server (no internet)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import numpy as np
 import pytest
 
-from tipsomaly_lite.data.download import DownloadError, cache_dir, download, sha256_file
+from tipsomaly_lite.io.download import DownloadError, cache_dir, download, sha256_file
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -136,7 +136,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 from helpers.servers import local_server  # noqa: E402
-from tipsomaly_lite.data.atomic import file_lock  # noqa: E402
+from tipsomaly_lite.io.atomic import file_lock  # noqa: E402
 
 
 class LyingHandler(http.server.BaseHTTPRequestHandler):

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from helpers import native as nf
-from tipsomaly_lite.backbones import preprocess as pp
+from tipsomaly_lite.io import images as pp
 from tipsomaly_lite.data import prepare
 from tipsomaly_lite.data.datasets import (AnomalyDataset, DatasetError, build_meta_from_mvtec_layout,
                                           load_image, read_meta, write_meta)

@@ -19,8 +19,10 @@ from sklearn.model_selection import train_test_split
 
 from helpers import native as nf
 from tipsomaly_lite.data import prepare
-from tipsomaly_lite.data.datasets import DATASET_KEYS, AnomalyDataset, DatasetError, read_meta
-from tipsomaly_lite.data.download import DownloadError, sha256_file
+from tipsomaly_lite.data import registry
+from tipsomaly_lite.data.datasets import AnomalyDataset, DatasetError, read_meta
+from tipsomaly_lite.data.registry import DATASET_KEYS
+from tipsomaly_lite.io.download import DownloadError, sha256_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,17 +52,17 @@ def _no_leftovers(data_root):
 
 
 def test_registry_matches_spec():
-    assert set(prepare.DATASETS) == set(DATASET_KEYS)
-    direct = {k for k, s in prepare.DATASETS.items() if s.url}
+    assert set(registry.DATASETS) == set(DATASET_KEYS)
+    direct = {k for k, s in registry.DATASETS.items() if s.url}
     assert direct == {"mvtec", "visa", "btad", "sdd"}
-    assert prepare.DATASETS["visa"].sha256 == \
+    assert registry.DATASETS["visa"].sha256 == \
         "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362"
-    assert prepare.DATASETS["btad"].url.endswith("btad/btad.zip")
-    mvtec = prepare.DATASETS["mvtec"]
+    assert registry.DATASETS["btad"].url.endswith("btad/btad.zip")
+    mvtec = registry.DATASETS["mvtec"]
     assert sum(n for n, _ in mvtec.class_counts.values()) == mvtec.test_normal == 467
     assert sum(a for _, a in mvtec.class_counts.values()) == mvtec.test_anomalous == 1258
-    assert len(mvtec.classes) == 15 and len(prepare.DATASETS["visa"].classes) == 12
-    assert prepare.DATASETS["sdd"].class_word("electrical_commutators") == "electrical commutators"
+    assert len(mvtec.classes) == 15 and len(registry.DATASETS["visa"].classes) == 12
+    assert registry.DATASETS["sdd"].class_word("electrical_commutators") == "electrical commutators"
     for key in DATASET_KEYS:
         assert key in prepare.instructions(key)
 
@@ -84,7 +86,7 @@ def test_published_count_mismatch_warns_naming_class(tmp_path):
         prepare.prepare_dataset("mvtec", src, tmp_path / "data", verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the published counts themselves raise no warning
-        assert prepare.check_published_counts("mvtec", dict(prepare.DATASETS["mvtec"].class_counts)) == []
+        assert prepare.check_published_counts("mvtec", dict(registry.DATASETS["mvtec"].class_counts)) == []
     with pytest.warns(UserWarning, match="KolektorSDD"):
         prepare.check_published_counts("sdd", {"electrical_commutators": (285, 54)})
 
@@ -122,7 +124,7 @@ def test_btad_mixed_mask_extensions(tmp_path):
 def test_ksdd_strips_and_split(tmp_path):
     out = _prepare("sdd", tmp_path)
     meta = read_meta(out)
-    test, train = meta["test"][prepare.KSDD_CLASS], meta["train"][prepare.KSDD_CLASS]
+    test, train = meta["test"][registry.KSDD_CLASS], meta["train"][registry.KSDD_CLASS]
     anomalous = sorted(pathlib.PurePosixPath(r["img_path"]).stem for r in test if r["anomaly"])
     # kos02/Part2 has rows 10-14: across the strip border at 12, so two anomalous strips.
     assert anomalous == ["kos01_Part1_1", "kos02_Part2_0", "kos02_Part2_1", "kos03_Part0_2"]
@@ -262,8 +264,8 @@ def test_download_with_local_archive(tmp_path, monkeypatch):
                                        progress=False)
     assert (raw / "BTech_Dataset_transformed" / "01" / "test" / "ok").is_dir()
     # The right checksum is accepted silently.
-    monkeypatch.setitem(prepare.DATASETS, "btad", dataclasses.replace(
-        prepare.DATASETS["btad"], sha256=sha256_file(archive)))
+    monkeypatch.setitem(registry.DATASETS, "btad", dataclasses.replace(
+        registry.DATASETS["btad"], sha256=sha256_file(archive)))
     shutil.rmtree(raw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -287,7 +289,7 @@ def test_download_uses_downloader_with_published_checksum(tmp_path, monkeypatch)
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
     monkeypatch.setattr(prepare, "download", fake_download)
     raw = prepare.download_dataset("sdd", tmp_path / "data", progress=False)
-    src = prepare.DATASETS["sdd"]
+    src = registry.DATASETS["sdd"]
     assert calls == [(src.url, tmp_path / "data" / "downloads" / "KolektorSDD.zip", src.sha256)]
     assert (raw / "kos01" / "Part0.jpg").is_file()
     monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
@@ -349,7 +351,7 @@ def test_download_from_a_real_http_server_end_to_end(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from tipsomaly_lite.data.download import sha256_file as digest
+    from tipsomaly_lite.io.download import sha256_file as digest
 
     served = tmp_path / "served"
     served.mkdir()
@@ -360,8 +362,8 @@ def test_download_from_a_real_http_server_end_to_end(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/KolektorSDD.zip"
-        local = dataclasses.replace(prepare.DATASETS["sdd"], url=url, sha256=digest(archive))
-        monkeypatch.setitem(prepare.DATASETS, "sdd", local)
+        local = dataclasses.replace(registry.DATASETS["sdd"], url=url, sha256=digest(archive))
+        monkeypatch.setitem(registry.DATASETS, "sdd", local)
         monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
         raw = prepare.download_dataset("sdd", tmp_path / "data", progress=False)
     finally:

@@ -17,7 +17,7 @@ import zipfile
 import pytest
 import torch
 
-from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite.io.download import DownloadError
 from tipsomaly_lite.data.released_prompts import (
     PROMPT_FILE_NAME,
     RELEASED_PROMPTS,

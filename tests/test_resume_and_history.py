@@ -11,7 +11,7 @@ import torch
 import tipsomaly_lite.method.training as training
 from tipsomaly_lite.backbones.tips.model import load_tips_files
 from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH, random_tips_arrays, write_npz
-from tipsomaly_lite.data.atomic import file_lock
+from tipsomaly_lite.io.atomic import file_lock
 from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 from tipsomaly_lite.method.training import TrainConfig, latest_checkpoint, train_prompts

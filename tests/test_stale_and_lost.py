@@ -20,7 +20,7 @@ from PIL import Image
 import tipsomaly_lite.method.feature_cache as feature_cache
 from tipsomaly_lite.backbones.tips.model import load_tips_files
 from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH, random_tips_arrays, write_npz
-from tipsomaly_lite.data.atomic import LockedError, atomic_file, atomic_folder, current_umask, file_lock
+from tipsomaly_lite.io.atomic import LockedError, atomic_file, atomic_folder, current_umask, file_lock
 from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 from tipsomaly_lite.method.feature_cache import FeatureCache, content_hash
@@ -229,7 +229,7 @@ def test_file_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
 
 def test_file_lock_of_a_killed_process_is_not_stale(tmp_path):
     lock = tmp_path / "run.lock"
-    code = ("import sys, time\nfrom tipsomaly_lite.data.atomic import file_lock\n"
+    code = ("import sys, time\nfrom tipsomaly_lite.io.atomic import file_lock\n"
             f"with file_lock({str(lock)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -203,7 +203,7 @@ def test_variant_is_downloaded_into_the_cache_and_loaded(bucket, monkeypatch, tm
 
 
 def test_unreachable_bucket_gives_a_clear_error(monkeypatch, tmp_path):
-    from tipsomaly_lite.data.download import DownloadError
+    from tipsomaly_lite.io.download import DownloadError
 
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
     monkeypatch.setattr(tips_module, "BUCKET", "http://127.0.0.1:9/")
@@ -220,7 +220,7 @@ def test_cutting_trailing_padding_is_exact(tiny):
 def test_hub_route_offline_gives_a_clear_error(monkeypatch):
     import huggingface_hub.constants
 
-    from tipsomaly_lite.data.download import DownloadError
+    from tipsomaly_lite.io.download import DownloadError
 
     monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tipsomaly_lite import __version__
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.io.atomic import atomic_file
 from PIL.Image import DecompressionBombError
 from safetensors import SafetensorError
 
-from tipsomaly_lite.data.archives import ArchiveError
-from tipsomaly_lite.data.download import DownloadError
+from tipsomaly_lite.io.archives import ArchiveError
+from tipsomaly_lite.io.download import DownloadError
 from tipsomaly_lite import distributed
 from tipsomaly_lite.distributed import PeerFailed
 from tipsomaly_lite.offline import MEANINGLESS_TAG
@@ -130,7 +130,7 @@ def _fetch(args: argparse.Namespace) -> int:
     from tipsomaly_lite.backbones.tips.registry import BUCKET, VARIANTS, fetch_variant
 
     if getattr(args, "list", False) or not args.variant:
-        from tipsomaly_lite.data.download import cache_dir
+        from tipsomaly_lite.io.download import cache_dir
 
         for v in VARIANTS.values():
             print(f"{v.name:12s} {v.native_size}px  {BUCKET}{v.stem}_{{vision,text}}.npz")
@@ -146,7 +146,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _download_dataset(args: argparse.Namespace) -> int:
     """``tipsomaly download``: what data_scripts/download_dataset.py does, from the installed package."""
-    from tipsomaly_lite.data.prepare import DATASETS, download_dataset, instructions
+    from tipsomaly_lite.data.prepare import download_dataset, instructions
+    from tipsomaly_lite.data.registry import DATASETS
 
     if args.list or args.key is None:
         for key in DATASETS:
@@ -155,7 +156,7 @@ def _download_dataset(args: argparse.Namespace) -> int:
             print("tipsomaly download: error: name a dataset or pass --list", file=sys.stderr)
             return 2
         return 0
-    from tipsomaly_lite.data.archives import ArchiveError
+    from tipsomaly_lite.io.archives import ArchiveError
 
     try:
         raw = download_dataset(args.key, args.data_root, archive=args.archive, verify=not args.no_verify,
@@ -196,7 +197,7 @@ def _toy_data(args: argparse.Namespace) -> int:
 def _add_data_commands(sub: Any) -> None:
     """The data sub-commands a pip user needs without a repository checkout (the data_scripts' options)."""
     from tipsomaly_lite.data import toy_data
-    from tipsomaly_lite.data.prepare import DAGM_PROTOCOLS, DATASETS
+    from tipsomaly_lite.data.registry import DAGM_PROTOCOLS, DATASETS
 
     dl = sub.add_parser("download", aliases=["download-dataset"],
                         help="download a benchmark from its owners, check its SHA-256 and extract it")
@@ -380,7 +381,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
-    from tipsomaly_lite.data.datasets import DATASET_KEYS, AnomalyDataset
+    from tipsomaly_lite.data.datasets import AnomalyDataset
+    from tipsomaly_lite.data.registry import DATASET_KEYS
     from tipsomaly_lite.method.detector import Detector
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
     from tipsomaly_lite.data.released_prompts import load_released_prompts
@@ -521,7 +523,7 @@ def _overlay_names(files: list[Path], specs: list[str]) -> dict[Path, Path]:
 def _predict(args: argparse.Namespace) -> int:
     from matplotlib import pyplot as plt
 
-    from tipsomaly_lite.backbones.preprocess import to_float_rgb
+    from tipsomaly_lite.io.images import to_float_rgb
     from tipsomaly_lite.course.viz import overlay_anomaly_map
     from tipsomaly_lite.method.maps import upsample_map
 

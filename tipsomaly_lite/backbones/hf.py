@@ -373,7 +373,7 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     ``TIPSOMALY_OFFLINE=1`` turns anything that needs the network into ``"tiny"``.
     Raises:
         ValueError: unknown family or dtype, or a local folder that is not a CLIP/SigLIP checkpoint.
-        tipsomaly_lite.data.download.DownloadError: the hub cannot be reached.
+        tipsomaly_lite.io.download.DownloadError: the hub cannot be reached.
     Taught in notebooks/08_backbones.ipynb.
     """
     if family not in _CLASSES:
@@ -402,14 +402,14 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
             raise ValueError(f"{target}: config.json describes a {found or 'non-CLIP/SigLIP'} model, not {family}")
         kwargs: dict[str, Any] = {}
     else:
-        from tipsomaly_lite.data.download import cache_dir
+        from tipsomaly_lite.io.download import cache_dir
 
         kwargs = {"cache_dir": str(cache_dir() / "hf"), "local_files_only": not download}
     try:
         model = AutoModel.from_pretrained(target, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
     except OSError as err:
-        from tipsomaly_lite.data.download import DownloadError
+        from tipsomaly_lite.io.download import DownloadError
 
         raise DownloadError(f"could not load {target} for {family} ({type(err).__name__}: {err}). Offline? "
                             f"Pass a local folder (hf:/path) or use the offline tiny model") from err

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib import pyplot as plt
 
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.backbones.base import Backbone
 from tipsomaly_lite.backbones import load_backbone
 from tipsomaly_lite.data.toy_data import render_sample

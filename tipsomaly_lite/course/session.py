@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from tipsomaly_lite.data.datasets import AnomalyDataset
-from tipsomaly_lite.data.download import DownloadError, cache_dir
+from tipsomaly_lite.io.download import DownloadError, cache_dir
 from tipsomaly_lite.offline import MEANINGLESS_TAG, offline_forced
 from tipsomaly_lite.backbones.base import Backbone
 from tipsomaly_lite.backbones import DEFAULT_VARIANT, load_backbone

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from tipsomaly_lite.data.atomic import atomic_file
-from tipsomaly_lite.backbones.preprocess import check_image_file, check_pixels, resize_image, to_float_rgb
+from tipsomaly_lite.io.atomic import atomic_file
+from tipsomaly_lite.data.registry import CLASS_WORDS, DATASET_KEYS, DATASETS, class_word
+from tipsomaly_lite.io.images import (binary_mask, check_image_file, check_pixels, mask_tensor, resize_image,
+                                     to_float_rgb)
 
 __all__ = [
     "DATASET_KEYS", "IMAGE_EXTENSIONS", "IGNORED_NAMES", "CLASS_WORDS", "META_FORMAT_HINT",
@@ -35,17 +37,10 @@ __all__ = [
     "check_dataset_key",
 ]
 
-#: The seven benchmarks, in the order the paper's tables use.
-DATASET_KEYS = ("mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd")
 #: Image file extensions we read, compared case-insensitively (DAGM uses ``.PNG``, VisA ``.JPG``).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Files operating systems drop into folders; never images.
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-#: Prompt words that differ from the generic rule, per dataset key. KSDD's class folder is
-#: ``electrical_commutators``; one published variant prompts with ``SDD`` instead.
-CLASS_WORDS: dict[str, dict[str, str]] = {
-    "sdd": {"electrical_commutators": "electrical commutators"},
-}
 #: Shown whenever meta.json cannot be used.
 META_FORMAT_HINT = (
     'expected JSON like {"train": {}, "test": {"bottle": [{"img_path": "bottle/test/broken/000.png", '
@@ -57,24 +52,6 @@ NORMAL_FOLDERS = ("good", "ok")
 
 class DatasetError(ValueError):
     """A dataset file or folder is missing, unreadable or inconsistent."""
-
-
-def class_word(key: str | None, class_name: str) -> str:
-    """The word a class is called by in text prompts.
-
-    Underscores and hyphens become spaces; numeric names (``01``, ``Class3``) stay as they are.
-
-    Args:
-        key: dataset key (``"mvtec"``, ``"sdd"`` …) or None for the generic rule.
-        class_name: folder name of the class, e.g. ``"metal_nut"``.
-    Returns:
-        The prompt word, e.g. ``"metal nut"``.
-    Taught in notebooks/00_setup.ipynb.
-    """
-    override = CLASS_WORDS.get(key or "", {}).get(class_name)
-    if override is not None:
-        return override
-    return class_name.replace("_", " ").replace("-", " ").strip()
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -299,16 +276,6 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor
     return resize_image(image, size) if size is not None else image
 
 
-def _mask_array(img: Image.Image) -> np.ndarray:
-    """Boolean ``(H,W)``: any non-zero value is defect (0/255 masks and VisA class ids alike)."""
-    if img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGB" if img.mode == "RGBA" else "L")  # alpha is not a defect
-    arr = np.asarray(img)  # palette images give their indices: class ids stay class ids
-    if arr.ndim == 3:
-        return (arr > 0).any(axis=2)
-    return arr > 0
-
-
 def load_mask(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
     """Read a mask, binarise it (> 0) and resize it bilinearly to ``size`` then threshold at 0.5.
 
@@ -318,15 +285,7 @@ def load_mask(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
     Returns:
         ``mask`` ``(1,S,S)`` float32 in {0,1}.
     """
-    return _mask_tensor(_mask_array(_open(pathlib.Path(path), "Mask")), size)
-
-
-def _mask_tensor(binary: np.ndarray, size: int | None) -> torch.Tensor:
-    """Boolean ``(H,W)`` -> ``(1,S,S)`` float in {0,1}: bilinear on the 0/255 image, then > 0.5."""
-    if size is not None and binary.shape != (size, size):
-        resized = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
-        binary = np.asarray(resized) > 127
-    return torch.from_numpy(binary.astype(np.float32))[None]
+    return mask_tensor(binary_mask(_open(pathlib.Path(path), "Mask")), size)
 
 
 # --------------------------------------------------------------------------------- dataset
@@ -355,8 +314,6 @@ def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> 
         return
     if key not in DATASET_KEYS:
         return
-    from tipsomaly_lite.data.prepare import DATASETS
-
     if (root / "toy_config.json").is_file():
         # The course stands the toy data in for a benchmark on purpose; say so, loudly, every time.
         warnings.warn(f"--dataset {key}: {root} is the synthetic toy dataset (it has toy_config.json), not "
@@ -467,12 +424,12 @@ class AnomalyDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"Mask {mask_path} is {mask_pil.size[0]}x{mask_pil.size[1]} "
                                    f"but image {img_path} is {width}x{height} (width x height); "
                                    "they must match.")
-            binary = _mask_array(mask_pil)
+            binary = binary_mask(mask_pil)
             if not row["anomaly"] and binary.any():
                 raise DatasetError(f"Normal image {img_path} (anomaly=0) has a non-empty mask {mask_path} "
                                    f"({int(binary.sum())} defect pixels); fix its label or its mask in "
                                    f"{self.root / 'meta.json'}.")
-            mask_t = _mask_tensor(binary, self.image_size)
+            mask_t = mask_tensor(binary, self.image_size)
         else:
             mask_t = torch.zeros(1, self.image_size, self.image_size)
         return {"image": image_t.contiguous(), "mask": mask_t, "label": int(row["anomaly"]),

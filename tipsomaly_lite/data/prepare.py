@@ -14,7 +14,6 @@ Taught in notebooks/00_setup.ipynb.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import pathlib
@@ -26,146 +25,18 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from tipsomaly_lite.data.archives import extract_archive
-from tipsomaly_lite.data.atomic import atomic_folder
+from tipsomaly_lite.io.archives import extract_archive
+from tipsomaly_lite.io.atomic import atomic_folder
 from tipsomaly_lite.data.datasets import (
-    DATASET_KEYS, DatasetError, _check_relative, _inside, _mask_array, _open, build_meta_from_mvtec_layout,
-    class_word, list_images, write_meta,
+    DatasetError, _check_relative, _inside, _open, build_meta_from_mvtec_layout, list_images, write_meta,
 )
-from tipsomaly_lite.data.download import DownloadError, download, sha256_file
+from tipsomaly_lite.data.registry import (DAGM_PROTOCOLS, DATASETS, KSDD_CLASS, KSDD_RANDOM_STATE, KSDD_TEST_SIZE,
+                                          class_word, dataset_source)
+from tipsomaly_lite.io.images import binary_mask
+from tipsomaly_lite.io.download import DownloadError, download, sha256_file
 from tipsomaly_lite.offline import offline_forced
 
-__all__ = [
-    "DatasetSource", "DATASETS", "KSDD_CLASS", "KSDD_TEST_SIZE", "KSDD_RANDOM_STATE",
-    "DAGM_PROTOCOLS", "download_dataset", "prepare_dataset", "check_published_counts",
-    "instructions",
-]
-
-#: Folder (class) name of KolektorSDD after preparation; its prompt word is
-#: "electrical commutators" (see ``tipsomaly_lite.data.datasets.CLASS_WORDS``).
-KSDD_CLASS = "electrical_commutators"
-#: The 75/25 split of normal KSDD strips used by the zero-shot papers.
-KSDD_TEST_SIZE = 0.25
-KSDD_RANDOM_STATE = 42
-DAGM_PROTOCOLS = ("official", "balanced")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSource:
-    """Where a benchmark comes from and what a correct preparation of it contains.
-
-    Attributes:
-        key: short name used for folders and on the command line (``"visa"``).
-        name: full name.
-        url: direct download address, or None when it must be fetched by hand.
-        sha256: expected SHA-256 of the archive, or None when unknown.
-        archive_name: file name of the archive under ``<data_root>/downloads/``.
-        licence: the data licence (none of it may be committed to this repository).
-        classes: class folder names after preparation.
-        test_normal: published number of normal test images (None if not published).
-        test_anomalous: published number of anomalous test images.
-        instructions: how to get the data by hand and which folder to pass to prepare.
-        class_counts: published per-class ``(normal, anomalous)`` test counts, if known.
-    """
-
-    key: str
-    name: str
-    url: str | None
-    sha256: str | None
-    archive_name: str | None
-    licence: str
-    classes: tuple[str, ...]
-    test_normal: int | None
-    test_anomalous: int | None
-    instructions: str
-    class_counts: dict[str, tuple[int, int]] | None = None
-
-    def class_word(self, class_name: str) -> str:
-        """Prompt word for a class of this dataset (``"metal_nut"`` -> ``"metal nut"``)."""
-        return class_word(self.key, class_name)
-
-
-_MVTEC_COUNTS = {  # published MVTec AD test split: (good, defective) per class
-    "bottle": (20, 63), "cable": (58, 92), "capsule": (23, 109), "carpet": (28, 89),
-    "grid": (21, 57), "hazelnut": (40, 70), "leather": (32, 92), "metal_nut": (22, 93),
-    "pill": (26, 141), "screw": (41, 119), "tile": (33, 84), "toothbrush": (12, 30),
-    "transistor": (60, 40), "wood": (19, 60), "zipper": (32, 119),
-}
-
-DATASETS: dict[str, DatasetSource] = {s.key: s for s in [
-    DatasetSource(
-        "mvtec", "MVTec AD",
-        "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/"
-        "420938113-1629960298/mvtec_anomaly_detection.tar.xz",
-        "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
-        "mvtec_anomaly_detection.tar.xz", "CC BY-NC-SA 4.0",
-        tuple(sorted(_MVTEC_COUNTS)), 467, 1258,
-        "About 4.9 GiB from a slow host; an interrupted download resumes when you run the "
-        "command again. By hand: get mvtec_anomaly_detection.tar.xz from the MVTec AD page, "
-        "put it anywhere and pass --archive PATH. Prepare with --source <data_root>/raw/mvtec "
-        "(the folder holding bottle/, cable/, ...).",
-        class_counts=_MVTEC_COUNTS),
-    DatasetSource(
-        "visa", "VisA (Visual Anomaly)",
-        "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
-        "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362",
-        "VisA_20220922.tar", "CC BY 4.0",
-        ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-         "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum"), 962, 1200,
-        "About 1.9 GB. Prepare with --source pointing at the folder holding split_csv/1cls.csv "
-        "and <class>/Data/Images/{Normal,Anomaly}/. Masks hold class ids (0..9), binarised > 0."),
-    DatasetSource(
-        "btad", "BTAD (beanTech Anomaly Detection)",
-        "https://avires.dimi.uniud.it/papers/btad/btad.zip",
-        "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
-        "btad.zip", "CC BY-SA 4.0", ("01", "02", "03"), 451, 290,
-        "Prepare with --source pointing at BTech_Dataset_transformed/ (holding 01/ 02/ 03/, "
-        "each with train/ok, test/ok, test/ko and ground_truth/ko/<stem>.bmp|png)."),
-    DatasetSource(
-        "sdd", "KolektorSDD (v1)",
-        "https://data.vicos.si/datasets/KSDD/KolektorSDD.zip",
-        "65dc621693418585de9c4467d1340ea7958a6181816f0dc2883a1e8b61f9d4dc",
-        "KolektorSDD.zip", "CC BY-NC-SA 4.0", (KSDD_CLASS,), 286, 54,
-        "Prepare with --source pointing at the folder holding kos01/ ... kos50/ (each with "
-        "PartN.jpg and PartN_label.bmp). Each image is cut into three horizontal strips; "
-        "normal strips are split 75/25 into train/test with random_state=42."),
-    DatasetSource(
-        "mpdd", "MPDD (Metal Parts Defect Detection)", None, None, None, "CC BY-NC-SA 4.0",
-        ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
-        176, 282,
-        "Manual download: open the MPDD repository on GitHub (stepanje/MPDD), follow its link "
-        "to the SharePoint folder and download the dataset. Extract it so that one folder holds "
-        "bracket_black/, bracket_brown/, bracket_white/, connector/, metal_plate/, tubes/, each "
-        "MVTec-like (train/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png). Then run "
-        "tipsomaly prepare mpdd --source THAT_FOLDER (or tipsomaly download mpdd --archive "
-        "FILE.zip to extract it into <data_root>/raw/mpdd)."),
-    DatasetSource(
-        "dagm", "DAGM 2007 (weakly supervised optical inspection)", None, None, None,
-        "unclear (research use)", tuple(f"Class{i}" for i in range(1, 11)), 6996, 1054,
-        "Manual download: Kaggle dataset mhskjelvareid/dagm-2007-competition-dataset-optical-"
-        "inspection (or the Zenodo copy). Extract it so that one folder holds Class1/ ... "
-        "Class10/, each with Train/ and Test/ (512x512 grey *.PNG) and {Train,Test}/Label/"
-        "Labels.txt plus <stem>_label.PNG masks. Then run tipsomaly prepare dagm --source "
-        "THAT_FOLDER [--protocol official|balanced]. The published counts are for the "
-        "official Test split."),
-    DatasetSource(
-        "dtd", "DTD-Synthetic (Aota et al., WACV 2023)", None, None, None, "unclear",
-        ("Blotchy_099", "Fibrous_183", "Marbled_078", "Matted_069", "Mesh_114",
-         "Perforated_037", "Stratified_154", "Woven_001", "Woven_068", "Woven_104",
-         "Woven_125", "Woven_127"), None, None,
-        "Manual download: the authors' Google Drive folder (linked from the DTD-Synthetic "
-        "paper, Aota et al., WACV 2023). Extract it so that one folder holds Blotchy_099/ ... "
-        "Woven_127/, each MVTec-like with train/good, test/good, test/bad and "
-        "ground_truth/bad/<stem>_mask.png. Then run tipsomaly prepare dtd --source "
-        "THAT_FOLDER."),
-]}
-assert tuple(sorted(DATASETS)) == tuple(sorted(DATASET_KEYS))
-
-
-def _source(key: str) -> DatasetSource:
-    if key not in DATASETS:
-        raise ValueError(f"Unknown dataset key {key!r}; expected one of {DATASET_KEYS}.")
-    return DATASETS[key]
+__all__ = ["download_dataset", "prepare_dataset", "check_published_counts", "instructions"]
 
 
 def instructions(key: str) -> str:
@@ -173,7 +44,7 @@ def instructions(key: str) -> str:
 
     Taught in notebooks/00_setup.ipynb.
     """
-    src = _source(key)
+    src = dataset_source(key)
     where = src.url or "no direct link (manual download)"
     counts = (f"{src.test_normal} normal / {src.test_anomalous} anomalous test images"
               if src.test_normal is not None else "test counts not published")
@@ -204,7 +75,7 @@ def download_dataset(key: str, data_root: str | os.PathLike, *, archive: str | o
         DownloadError: network failure or checksum mismatch.
     Taught in notebooks/00_setup.ipynb.
     """
-    src = _source(key)
+    src = dataset_source(key)
     data_root = pathlib.Path(data_root)
     raw = data_root / "raw" / key
     if raw.exists():
@@ -301,7 +172,7 @@ class _TreeWriter:
             else:
                 mask = self.source_file(mask, "Mask")
                 with _open(mask, "Mask") as pil:
-                    binary = _mask_array(pil)
+                    binary = binary_mask(pil)
                 mask_desc = f"mask {mask}"
             if (binary.shape[1], binary.shape[0]) != size:
                 raise DatasetError(f"Mask size {binary.shape[1]}x{binary.shape[0]} ({mask_desc}) "
@@ -435,7 +306,7 @@ def _prepare_sdd(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[st
             with _open(img_path, "Image") as pil:
                 image = np.asarray(pil.convert("L"))
             with _open(label_path, "Mask") as pil:
-                label = _mask_array(pil)
+                label = binary_mask(pil)
             if label.shape != image.shape:
                 raise DatasetError(f"Label {label_path} is {label.shape[1]}x{label.shape[0]} but "
                                    f"image {img_path} is {image.shape[1]}x{image.shape[0]}.")
@@ -602,7 +473,7 @@ def check_published_counts(key: str, counts: dict[str, tuple[int, int]], *,
         The mismatch messages (also emitted together as one ``UserWarning``).
     Taught in notebooks/00_setup.ipynb.
     """
-    src = _source(key)
+    src = dataset_source(key)
     if key == "dagm" and protocol not in (None, "official"):
         return []
     problems = []
@@ -652,7 +523,7 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
         FileExistsError: the output exists and ``overwrite`` is False.
     Taught in notebooks/00_setup.ipynb.
     """
-    _source(key)
+    dataset_source(key)
     if protocol is not None and key != "dagm":
         raise ValueError(f"protocol= applies to dagm only, not {key!r}.")
     source = pathlib.Path(source_dir)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tipsomaly_lite.data.download import DownloadError, cache_dir, download as download_file, sha256_file
+from tipsomaly_lite.io.download import DownloadError, cache_dir, download as download_file, sha256_file
 
 __all__ = [
     "RELEASED_PROMPTS",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tipsomaly_lite.data.atomic import atomic_folder
+from tipsomaly_lite.io.atomic import atomic_folder
 from tipsomaly_lite.data.datasets import build_meta_from_mvtec_layout, write_meta
 
 __all__ = [

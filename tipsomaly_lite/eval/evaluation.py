@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tipsomaly_lite import __version__, distributed
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
 from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator, image_metrics
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS, PAPER_RESULTS, SCORE_KINDS, prompts_trained_on

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.backbones.base import Backbone
 
 __all__ = ["FeatureCache"]

@@ -154,7 +154,7 @@ def text_features(model: Backbone, words: str | list[str], prompt_set: str | Pro
 
     Args:
         model: a loaded backbone.
-        words: class words as they go into the prompts (see :func:`tipsomaly_lite.data.datasets.class_word`).
+        words: class words as they go into the prompts (see :func:`tipsomaly_lite.data.registry.class_word`).
         prompt_set: a :data:`PROMPT_SETS` name, a :class:`PromptSet` or a dict (default ``industrial``).
     Returns:
         ``text_features (C, 2, D)``, rows (normal, anomalous), L2-normalised.

@@ -49,7 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tipsomaly_lite import __version__, distributed
-from tipsomaly_lite.data.atomic import LockedError, atomic_file, file_lock
+from tipsomaly_lite.io.atomic import LockedError, atomic_file, file_lock
 from tipsomaly_lite.method.feature_cache import FeatureCache
 from tipsomaly_lite.method.losses import LOSS_TERMS, fused_segmentation_loss, segmentation_loss
 from tipsomaly_lite.method.prompt_learner import PromptLearner

@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.io.atomic import atomic_file
 
 PATCH_SIZE = 14
 TEXT_MAX_LEN = 64

@@ -24,7 +24,8 @@ from tipsomaly_lite.backbones.base import l2_normalize, vision_dtype, warn_if_sl
 from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
                                         check_finite, check_temperature, hf_to_npz_names, npz_shapes, read_npz,
                                         validate_pair)
-from tipsomaly_lite.backbones.preprocess import ImageLike, check_size, preprocess
+from tipsomaly_lite.backbones.preprocess import check_size, preprocess
+from tipsomaly_lite.io.images import ImageLike
 from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant
 from tipsomaly_lite.backbones.tips.text import trim_padding
@@ -300,7 +301,7 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
         from huggingface_hub import hf_hub_download
         from huggingface_hub.utils import EntryNotFoundError
 
-        from tipsomaly_lite.data.download import DownloadError, cache_dir
+        from tipsomaly_lite.io.download import DownloadError, cache_dir
 
         hub_cache = cache_dir() / "hf"
         try:
@@ -391,7 +392,7 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
     if name.startswith("hf:"):
         return _load_hf(name, num_heads=num_heads, image_size=image_size, device=device, download=download,
                         dtype=dtype)
-    from tipsomaly_lite.data.download import DownloadError
+    from tipsomaly_lite.io.download import DownloadError
 
     try:
         files = fetch_variant(name, download=download)

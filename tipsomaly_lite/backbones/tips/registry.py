@@ -108,11 +108,11 @@ def fetch_variant(name: str, download: bool = True) -> dict[str, Path]:
         KeyError: unknown variant.
         FileNotFoundError: a file is missing and ``download`` is False.
         ValueError: a cached file is damaged and ``download`` is False (names it and says how to fix it).
-        tipsomaly_lite.data.download.DownloadError: the bucket cannot be reached, or it served a
+        tipsomaly_lite.io.download.DownloadError: the bucket cannot be reached, or it served a
             file that fails the check.
     Taught in notebooks/00_setup.ipynb.
     """
-    from tipsomaly_lite.data.download import cache_dir, download as fetch
+    from tipsomaly_lite.io.download import cache_dir, download as fetch
 
     if name not in VARIANTS:
         raise KeyError(f"unknown TIPS variant {name!r}; expected one of {sorted(VARIANTS)}")

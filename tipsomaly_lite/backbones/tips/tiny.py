@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tipsomaly_lite.backbones.tips.checkpoints import Architecture, text_layout, vision_layout, write_npz
-from tipsomaly_lite.data.atomic import atomic_file
+from tipsomaly_lite.io.atomic import atomic_file
 
 TINY_SEED = 0
 TINY_VOCAB = 320
@@ -92,7 +92,7 @@ def tiny_files(home: str | os.PathLike | None = None) -> tuple[Path, Path, Path]
     Taught in notebooks/00_setup.ipynb.
     """
     if home is None:
-        from tipsomaly_lite.data.download import cache_dir
+        from tipsomaly_lite.io.download import cache_dir
 
         home = cache_dir()
     folder = Path(home) / "tiny"

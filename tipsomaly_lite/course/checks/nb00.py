@@ -79,11 +79,11 @@ def class_counts(fn: Callable[[dict[str, Any]], dict[str, tuple[int, int]]]) -> 
 
 @exercise("hash the file in pieces: one SHA-256 object from hashlib, fed every chunk the open file gives "
           "(in binary mode) until a read returns nothing, then its hex digest",
-          reference="tipsomaly_lite.data.download.sha256_file")
+          reference="tipsomaly_lite.io.download.sha256_file")
 def file_sha256(fn: Callable[[str | os.PathLike], str]) -> bool:
     """Exercise: ``fn(path) -> hex digest``, the SHA-256 of a file read in chunks.
 
-    Compared with :func:`tipsomaly_lite.data.download.sha256_file` on seeded files of 0 bytes, 1000
+    Compared with :func:`tipsomaly_lite.io.download.sha256_file` on seeded files of 0 bytes, 1000
     bytes and just over 3 MiB (more than one 1 MiB chunk), so hashing only the first chunk, the
     path's text or with another algorithm is caught. Upper- or lower-case hex both pass.
 
@@ -92,7 +92,7 @@ def file_sha256(fn: Callable[[str | os.PathLike], str]) -> bool:
     Returns:
         True when the digests agree for every file.
     """
-    from tipsomaly_lite.data.download import sha256_file
+    from tipsomaly_lite.io.download import sha256_file
 
     name = "SHA-256 of a file, read in chunks"
     rng = np.random.default_rng(0)

@@ -29,7 +29,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from tipsomaly_lite.data.atomic import LockedError, file_lock
+from tipsomaly_lite.io.atomic import LockedError, file_lock
 
 __all__ = ["DownloadError", "cache_dir", "download", "sha256_file"]
 

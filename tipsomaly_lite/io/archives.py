@@ -23,7 +23,7 @@ import zlib
 
 from tqdm.auto import tqdm
 
-from tipsomaly_lite.data.atomic import atomic_folder
+from tipsomaly_lite.io.atomic import atomic_folder
 
 __all__ = ["ArchiveError", "MAX_TOTAL_BYTES", "MAX_RATIO", "extract_archive"]
 
