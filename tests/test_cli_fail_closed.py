@@ -11,6 +11,7 @@ from PIL import Image
 
 from tipsomaly_lite.cli import main
 from tipsomaly_lite.io.atomic import file_lock
+from tipsomaly_lite.io.guard import claim_folder
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 
 SIZE = ["--image-size", "56", "--quiet"]
@@ -89,22 +90,16 @@ def test_a_file_named_twice_is_scored_once(tmp_path):
     assert len(_scores(tmp_path / "out")) == 1
 
 
-def test_out_inside_images_is_not_scored_again(tmp_path, capsys):
+@pytest.mark.parametrize("where", ["inside", "equal", "holding"])
+def test_an_out_that_overlaps_images_is_refused_before_anything_is_written(tmp_path, capsys, where):
     imgs = tmp_path / "imgs"
     _img(imgs / "x.png")
-    _img(imgs / "y.png", (5, 5, 5))
-    assert _predict([imgs], imgs / "results") == 0
-    assert _predict([imgs], imgs / "results") == 0  # the first run's overlays are not inputs
-    rows = _scores(imgs / "results")
-    assert sorted(r["path"].rsplit("/", 1)[-1] for r in rows) == ["x.png", "y.png"]
-    assert "2 images scored, 0 failed" in capsys.readouterr().out
-
-
-def test_out_equal_to_images_is_refused(tmp_path, capsys):
-    _img(tmp_path / "imgs" / "x.png")
-    assert _predict([tmp_path / "imgs"], tmp_path / "imgs") == 2
+    out = {"inside": imgs / "results", "equal": imgs, "holding": tmp_path}[where]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert _predict([imgs], out) == 2
     err = capsys.readouterr().err
-    assert "--out" in err and "also an --images folder" in err and len(err.strip().splitlines()) == 1
+    assert "--out" in err and "--images" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
 @pytest.mark.parametrize("bad", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
@@ -201,6 +196,7 @@ def test_train_refuses_to_resume_another_run_then_no_resume_starts_again(data_ro
 
 
 def test_train_on_a_locked_run_folder_is_refused(data_root, tmp_path, capsys):
+    claim_folder(tmp_path / "run", command="train")  # what the other training process did first
     with file_lock(tmp_path / "run" / "train.lock"):
         assert _train(data_root, tmp_path / "run", "--epochs", "1") == 2
     assert "in use by another process" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import torch
 from tipsomaly_lite import distributed
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 from tipsomaly_lite.eval.evaluation import EvaluationResult
-from tipsomaly_lite.method.training import latest_checkpoint, load_trained_prompts
+from tipsomaly_lite.method.run_folder import latest_checkpoint, load_trained_prompts
 
 SIZE = "112"
 
@@ -191,7 +191,8 @@ def test_commands_that_do_not_share_work_refuse_torchrun(tmp_path):
 def test_bad_torchrun_environment_is_one_line(toy_root, tmp_path):
     run = _run(["evaluate", "--dataset", "toy", "--data-root", str(toy_root), "--variant", "tiny", "--device", "cpu",
                 "--out", str(tmp_path / "out")], env={"WORLD_SIZE": "2", "RANK": "x", "LOCAL_RANK": "0",
-                                                      "MASTER_ADDR": "localhost", "MASTER_PORT": "1"})
+                                                      "MASTER_ADDR": "localhost", "MASTER_PORT": "1",
+                                                      distributed.TORCHRUN_MARKER: "from-a-test"})
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         "tipsomaly evaluate: error: environment variable RANK='x': expected an integer (torchrun sets it); start "
@@ -225,3 +226,12 @@ def test_one_process_is_the_identity():
     distributed.agree(None)
     with pytest.raises(FileExistsError, match="boom"):
         distributed.main_only(lambda: (_ for _ in ()).throw(FileExistsError("boom")))
+
+
+def test_a_leftover_world_size_does_not_make_one_process_wait(toy_root, tmp_path):
+    # WORLD_SIZE/RANK left in a shell, without torchrun's own marker: a plain run, no peer is awaited.
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    run = _run(["evaluate", "--dataset", "toy", "--data-root", str(toy_root), "--variant", "tiny", "--device", "cpu",
+                "--out", str(tmp_path / "out"), "--quiet"], env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out" / "results.json").is_file()

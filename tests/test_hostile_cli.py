@@ -8,6 +8,8 @@ import struct
 import warnings
 import zlib
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -114,14 +116,18 @@ def test_disk_full_names_the_file_and_folder(capsys, tmp_path, monkeypatch):
     assert str(tmp_path) in err
 
 
-def test_other_os_errors_keep_their_traceback(tmp_path, monkeypatch):
+def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, monkeypatch, capsys):
     from tipsomaly_lite.data import toy_data
 
     def broken(*_, **__):
         raise OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(toy_data, "make_toy_dataset", broken)
-    with pytest.raises(OSError, match="Input/output"):
-        main(["toy-data", "--out", str(tmp_path / "toy")])
+    assert main(["toy-data", "--out", str(tmp_path / "toy")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tipsomaly toy-data: internal error: OSError") and "Traceback" not in err[0]
+    log = Path(err[0].split("the traceback is in ", 1)[1].split(";", 1)[0])
+    text = log.read_text()
+    assert "Traceback" in text and "Input/output error" in text and "broken" in text
 
 
 # ------------------------------------------------------------------ damaged archives (item 14)

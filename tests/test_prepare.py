@@ -339,9 +339,9 @@ def test_prepare_script_reports_errors(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         assert main(["dtd", "--source", str(src), "--data-root", str(tmp_path / "data")]) == 0
-    assert main(["dtd", "--source", str(src), "--data-root", str(tmp_path / "data")]) == 1
+    assert main(["dtd", "--source", str(src), "--data-root", str(tmp_path / "data")]) == 2  # the CLI's codes
     assert "already exists" in capsys.readouterr().err
-    assert main(["visa", "--source", str(tmp_path / "nowhere"), "--data-root", str(tmp_path)]) == 1
+    assert main(["visa", "--source", str(tmp_path / "nowhere"), "--data-root", str(tmp_path)]) == 2
     assert "nowhere" in capsys.readouterr().err
 
 

@@ -22,8 +22,9 @@ function is the identity and :func:`world` is ``(0, 1)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 # torch is imported inside the functions: the CLI imports this module and stays quick to start.
 
 __all__ = ["ENV_VARS", "PeerFailed", "world", "is_main", "launched_by_torchrun", "init_from_env", "shutdown",
-           "shard", "all_gather_objects", "all_reduce", "broadcast_object", "agree", "main_only"]
+           "command_processes", "shard", "all_gather_objects", "all_reduce", "broadcast_object", "agree", "main_only"]
 
 T = TypeVar("T")
 
@@ -58,9 +59,34 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+#: Set by torchrun itself (its elastic agent) in every process it starts; a shell never sets it by accident.
+TORCHRUN_MARKER = "TORCHELASTIC_RUN_ID"
+#: Seconds to wait for the other processes to join (or for a collective) before giving up with an error.
+TIMEOUT_ENV = "TIPSOMALY_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300
+
+
 def launched_by_torchrun() -> bool:
-    """True when the environment says this process is one of several (``WORLD_SIZE`` > 1)."""
-    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
+    """True when torchrun started this process as one of several.
+
+    torchrun's own marker (``TORCHELASTIC_RUN_ID``) must be present, not merely ``WORLD_SIZE`` > 1: a
+    ``WORLD_SIZE`` left over in a shell would otherwise make a plain run wait for peers that never come.
+    """
+    return bool(os.environ.get(TORCHRUN_MARKER)) and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
+
+
+def _timeout() -> Any:
+    """The process group's timeout, a ``datetime.timedelta`` from :data:`TIMEOUT_ENV`."""
+    import datetime
+
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= 86400:
+        raise ValueError(f"environment variable {TIMEOUT_ENV}={text!r}: expected seconds between 1 and 86400")
+    return datetime.timedelta(seconds=seconds)
 
 
 def _env_int(name: str, low: int, high: int | None = None) -> int:
@@ -110,9 +136,9 @@ def init_from_env(device: str = "auto") -> torch.device:
                              f"{torch.cuda.device_count()}; use --nproc_per_node <= the number of GPUs, or "
                              "--device cpu")
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local), timeout=_timeout())
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=_timeout())
     return _device()
 
 
@@ -246,3 +272,28 @@ def main_only(func: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             error = exc
     agree(error)
     return result
+
+
+@contextlib.contextmanager
+def command_processes(command: str, device: str, shared: tuple[str, ...]) -> Iterator[str]:
+    """Run a CLI command in this process's part of a torchrun run; yields the device to use.
+
+    Outside torchrun it yields ``device`` as given. Under torchrun: only commands in ``shared`` may
+    run (one line otherwise), the process group is joined, and only rank 0 prints.
+
+    Raises:
+        ValueError: ``command`` is not one that shares its work among processes.
+    """
+    if not launched_by_torchrun():
+        yield device
+        return
+    if command not in shared:
+        raise ValueError(f"{command} runs in one process; start it without torchrun (only "
+                         f"{', '.join(shared)} share their work among processes)")
+    device = str(init_from_env(device))
+    try:
+        with open(os.devnull, "w") as quiet, \
+                contextlib.redirect_stdout(quiet) if not is_main() else contextlib.nullcontext():
+            yield device
+    finally:
+        shutdown()

@@ -149,6 +149,19 @@ def plot_loss_curve(history: Sequence[dict], title: str = "prompt training", ax=
     return ax
 
 
+def save_loss_curve(history: Sequence[dict], path, title: str = "prompt training"):
+    """:func:`plot_loss_curve` written to ``path`` as a PNG (atomically); returns ``path``."""
+    from pathlib import Path
+
+    from tipsomaly_lite.io.atomic import atomic_file
+
+    ax = plot_loss_curve(history, title=title)
+    with atomic_file(Path(path)) as fh:
+        ax.figure.savefig(fh, format="png")
+    plt.close(ax.figure)
+    return Path(path)
+
+
 def _curve_axes(ax, title: str, xlabel: str, ylabel: str) -> plt.Axes:
     set_style()
     if ax is None:

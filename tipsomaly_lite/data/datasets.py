@@ -26,15 +26,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from tipsomaly_lite.io.atomic import atomic_file
-from tipsomaly_lite.data.registry import CLASS_WORDS, DATASET_KEYS, DATASETS, class_word
+from tipsomaly_lite.data.registry import DATASET_KEYS, DATASETS, class_word
 from tipsomaly_lite.io.images import (binary_mask, check_image_file, check_pixels, mask_tensor, resize_image,
                                      to_float_rgb)
 
 __all__ = [
-    "DATASET_KEYS", "IMAGE_EXTENSIONS", "IGNORED_NAMES", "CLASS_WORDS", "META_FORMAT_HINT",
-    "DatasetError", "AnomalyDataset", "class_word", "is_image_file", "list_images",
+    "IMAGE_EXTENSIONS", "IGNORED_NAMES", "META_FORMAT_HINT",
+    "DatasetError", "AnomalyDataset", "is_image_file", "list_images",
     "read_meta", "write_meta", "build_meta_from_mvtec_layout", "load_image", "load_mask",
-    "check_dataset_key",
+    "check_dataset_key", "find_prepared",
 ]
 
 #: Image file extensions we read, compared case-insensitively (DAGM uses ``.PNG``, VisA ``.JPG``).
@@ -289,6 +289,22 @@ def load_mask(path: str | os.PathLike, size: int | None = None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- dataset
+
+def find_prepared(data_root: str | os.PathLike, key: str) -> pathlib.Path:
+    """``<data_root>/<key>`` as ``tipsomaly prepare`` writes it, or ``data_root`` itself when it holds meta.json.
+
+    Raises:
+        FileNotFoundError: neither holds a meta.json (the message says how to prepare one).
+    """
+    root = pathlib.Path(data_root)
+    for candidate in (root / key, root):
+        if (candidate / "meta.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no prepared dataset at {root / key} (nor a meta.json in {root}); prepare it with "
+                            f"`tipsomaly prepare {key} --source RAW --data-root {root}` "
+                            "(or make the toy one: `tipsomaly toy-data`)")
+
+
 
 def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> None:
     """Refuse a dataset key that does not match the data in ``root``.

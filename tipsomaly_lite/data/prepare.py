@@ -27,6 +27,7 @@ from PIL import Image
 
 from tipsomaly_lite.io.archives import extract_archive
 from tipsomaly_lite.io.atomic import atomic_folder
+from tipsomaly_lite.io.guard import check_apart, check_replaceable, write_marker
 from tipsomaly_lite.data.datasets import (
     DatasetError, _check_relative, _inside, _open, build_meta_from_mvtec_layout, list_images, write_meta,
 )
@@ -529,9 +530,11 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
     source = pathlib.Path(source_dir)
     data_root = pathlib.Path(data_root)
     out = data_root / key
+    check_apart(out, {"--source": source}, flag="--data-root")  # never write over what we read
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to "
                               "prepare it again.")
+    check_replaceable(out, flag="--data-root")  # --overwrite replaces only a folder we wrote
     with atomic_folder(out, "preparing") as tmp:
         writer = _TreeWriter(tmp, link=link, source=source)
         info = _PREPARERS[key](source, writer, protocol=protocol)
@@ -544,6 +547,7 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
                 "class_words": {c: class_word(key, c) for c in counts}}
         write_meta(tmp, meta)
         (tmp / "protocol.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        write_marker(tmp, "prepare")
     if verbose:
         _print_counts(key, counts, show_published=key != "dagm" or protocol in (None, "official"))
     if check_counts:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tipsomaly_lite.io.atomic import atomic_folder
+from tipsomaly_lite.io.guard import check_replaceable, write_marker
 from tipsomaly_lite.data.datasets import build_meta_from_mvtec_layout, write_meta
 
 __all__ = [
@@ -324,6 +325,7 @@ def make_toy_dataset(root: str | os.PathLike, *, seed: int = DEFAULT_SEED,
         if not overwrite:
             raise FileExistsError(f"{root} exists and is not a toy dataset made with {config}; "
                                   "pass overwrite=True (or --overwrite) to replace it.")
+        check_replaceable(root)  # --overwrite replaces only a folder this package wrote
 
     with atomic_folder(root) as tmp:
         for cls in classes:
@@ -346,4 +348,5 @@ def make_toy_dataset(root: str | os.PathLike, *, seed: int = DEFAULT_SEED,
         (tmp / "README.txt").write_text(README_TEXT)
         (tmp / "toy_config.json").write_text(json.dumps(config, indent=1) + "\n")
         write_meta(tmp, build_meta_from_mvtec_layout(tmp))
+        write_marker(tmp, "toy-data")
     return root

@@ -1,0 +1,42 @@
+"""The gate for numeric command-line flags: a type, a range, and an upper bound on every one.
+
+Each value below is an argparse ``type``: it turns the text of a flag into a number or raises
+:class:`argparse.ArgumentTypeError`, which argparse prints as one line naming the flag (exit code 2).
+Every numeric flag is bounded above, so no flag can ask for unbounded memory or time.
+
+Taught in notebooks/06_benchmark.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from argparse import ArgumentTypeError
+from typing import Any, Callable
+
+def number(kind: type, low: float, high: float, what: str, low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type``: a finite ``kind`` in [low, high] (``(low, high]`` if ``low_open``); every
+    numeric flag has an upper bound, so no flag can ask for unbounded memory or time."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (isinstance(value, float) and not math.isfinite(value)) or value < low or value > high or (
+                low_open and value == low):
+            raise ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+batch = number(int, 1, 1024, "a batch size between 1 and 1024")
+epochs = number(int, 1, 10_000, "a number of epochs between 1 and 10000")
+tokens = number(int, 1, 64, "a number of prompt vectors between 1 and 64")
+image_size = number(int, 14, 2048, "an input side in px between 14 and 2048")
+toy_size = number(int, 32, 2048, "an image side in px between 32 and 2048")
+toy_count = number(int, 0, 10_000, "a count between 0 and 10000")
+workers = number(int, 0, 64, "a number of workers between 0 and 64")
+seed = number(int, 0, 2**32 - 1, "a seed between 0 and 2**32-1")
+#: Smoothing in pixels of the maps: 0 (none) up to a quarter of the largest input anyone uses.
+sigma = number(float, 0.0, 256.0, "a smoothing width in px between 0 and 256")
+learning_rate = number(float, 0.0, 10.0, "a positive finite learning rate up to 10", low_open=True)

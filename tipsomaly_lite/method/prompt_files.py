@@ -1,0 +1,78 @@
+"""Learned prompts from wherever they are kept: a train run folder, a prompt file, or the authors' release.
+
+:func:`load_prompts` is what ``--prompts``, ``--released`` and ``--init-prompts`` read, in one
+place; :func:`run_settings` reads the ``train`` settings a run folder recorded, so learned prompts
+keep the sentences (prompt set) they were trained with.
+
+Taught in notebooks/04_learnable_pixel_prompts.ipynb.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["DEFAULT_PROMPT_SET", "load_prompts", "run_settings", "prompt_set_for"]
+
+#: The fixed sentences the method uses unless told otherwise (docs/method.md, the prompt sets).
+DEFAULT_PROMPT_SET = "industrial"
+
+
+def load_prompts(path: str | os.PathLike | None = None, released: str | None = None) -> tuple[
+        tuple[Tensor, Tensor] | None, str]:
+    """Learned ``(normal, anomalous)`` prompts and where they came from.
+
+    Args:
+        path: a train run folder (its last checkpoint), one of its ``.safetensors`` checkpoints, a plain
+            ``{normal, anomalous}`` ``.safetensors`` file or the authors' ``.pth``; ``released:<name>``
+            names a release.
+        released: the authors' release trained on this dataset (``"mvtec"``, ``"visa"``).
+    Returns:
+        ``((normal (n, D), anomalous (n, D)), source)``, or ``(None, "none")`` when neither is given.
+    Raises:
+        ValueError: both given, or a file that holds no prompts (named).
+    """
+    from tipsomaly_lite.data.released_prompts import load_prompt_file, load_released_prompts
+    from tipsomaly_lite.method.run_folder import load_trained_prompts
+
+    if path is not None and str(path).startswith("released:"):
+        path, released = None, str(path)[len("released:"):]
+    if path is not None and released:
+        raise ValueError("give --prompts or --released, not both")
+    if released:
+        return load_released_prompts(released), f"released:{released}"
+    if path is None:
+        return None, "none"
+    p = Path(path)
+    if p.is_dir():
+        return load_trained_prompts(p), str(p)
+    if p.suffix == ".safetensors":
+        try:
+            return load_trained_prompts(p), str(p)
+        except ValueError:
+            pass  # a plain {normal, anomalous} safetensors file, not one of our checkpoints
+    return load_prompt_file(p), str(p)
+
+
+def run_settings(path: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``train`` settings a run folder's ``config.json`` recorded (``{}`` for anything else).
+
+    Raises:
+        JSONFileError: the run folder's config.json is not a readable settings file (named).
+    """
+    from tipsomaly_lite.io.jsonfile import read_json
+
+    config = Path(path) / "config.json" if path else None
+    if config is None or not config.is_file():
+        return {}
+    train = read_json(config, what="run config").get("train", {})
+    return train if isinstance(train, dict) else {}
+
+
+def prompt_set_for(prompts_path: str | os.PathLike | None, asked: str | None = None) -> str:
+    """The prompt set to use: the one asked for, else the run's own (learned prompts belong to their
+    sentences), else :data:`DEFAULT_PROMPT_SET`."""
+    return asked or run_settings(prompts_path).get("prompt_set") or DEFAULT_PROMPT_SET
