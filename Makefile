@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 # What `make test` takes after the install, measured on this project's 2-core CI machine.
 TEST_MINUTES = 5
 
-.PHONY: demo test install clean test-pythons
+.PHONY: demo test test-all install clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,21 +23,32 @@ demo: install
 	$(PY) -m tipsomaly_lite demo --out build/demo
 	$(PY) notebooks/run_course.py --out build/course
 
-# The unit tests (two processes, one test file each at a time), then every notebook top to bottom
-# (nbval, offline, in one process: the notebooks share the course's trained prompts; a failed
-# self-check raises). Interactive cells draw once with their defaults (TIPSOMALY_WIDGETS=static).
+# Two lanes. `make test` (the fast lane, about $(TEST_MINUTES) min on 2 quiet cores): the unit tests without the
+# slow rehearsals (two processes, one test file each at a time), then every notebook top to bottom (nbval,
+# offline, in one process: the notebooks share the course's trained prompts; a failed self-check raises).
+# `make test-all` (the full lane, what CI runs): the same plus the slow rehearsals (real-mode notebooks,
+# torchrun, full-size equivalence, benchmark smokes: tests marked `slow`).
+# Interactive cells draw once with their defaults (TIPSOMALY_WIDGETS=static).
 # pytest's exit code 5 means it collected nothing: a broken suite, reported as a failure.
 TEST_ENV = TIPSOMALY_OFFLINE=1 TIPSOMALY_STRICT_CHECKS=1 TIPSOMALY_WIDGETS=static MPLBACKEND=Agg
 TEST_WORKERS ?= 2
-test: install
-	@echo "make test: unit tests, then the 9 notebooks offline (5 also in a real-mode rehearsal); about $(TEST_MINUTES) min on 2 cores"
-	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=10 tests; \
+define run_tests
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=10 \
+	  -m "$(1)" tests; \
 	rc1=$$?; \
 	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 	  --durations=5 notebooks; \
 	rc2=$$?; \
 	for rc in $$rc1 $$rc2; do if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; done; \
 	if [ $$rc1 -ne 0 ] || [ $$rc2 -ne 0 ]; then exit 1; fi
+endef
+test: install
+	@echo "make test: the fast lane: unit tests (not the slow rehearsals), then the 9 notebooks offline; about $(TEST_MINUTES) min on 2 cores"
+	$(call run_tests,not slow)
+
+test-all: install
+	@echo "make test-all: the full lane: every unit test (slow rehearsals too), then the 9 notebooks offline"
+	$(call run_tests,slow or not slow)
 
 clean:
 	rm -rf build .pytest_cache

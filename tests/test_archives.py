@@ -145,7 +145,7 @@ def test_truncated_archive_is_an_archive_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# --- issue 11 item 1: links that escape only once later links exist; nothing made outside first
+# --- links that escape only once later links exist; nothing made outside first
 
 from helpers.hostile import (patch_zip_encrypted, patch_zip_method, tar_gz_with_huge_member,  # noqa: E402
                                    tar_with, zero_deflate_stream, zip_bomb, zip_with)
@@ -204,7 +204,7 @@ def test_later_file_replaces_an_earlier_link_of_the_same_name(tmp_path):
     assert not (out / "x").is_symlink() and (out / "x").read_bytes() == b"mine"
 
 
-# --- issue 11 item 4: size and compression-ratio caps
+# --- size and compression-ratio caps
 
 def test_crafted_deflate_stream_is_a_genuine_bomb(tmp_path):
     # The builder used below must really inflate: prove it on a small one with zipfile itself.
@@ -250,7 +250,7 @@ def test_ratio_cap_applies_above_the_floor(tmp_path, monkeypatch):
     assert extract_archive(path, tmp_path / "ok", progress=False, max_ratio=5000).is_dir()
 
 
-# --- issue 11 item 14: damaged and unsupported archives are one clear ArchiveError
+# --- damaged and unsupported archives are one clear ArchiveError
 
 def test_encrypted_zip_is_refused_as_unsupported(tmp_path):
     path = patch_zip_encrypted(zip_with(tmp_path / "enc.zip", [("file", "a.txt", b"secret")]))

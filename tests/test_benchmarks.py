@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+#: The full lane only (`make test-all`): slow rehearsals.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

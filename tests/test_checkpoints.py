@@ -206,7 +206,7 @@ def test_no_code_path_unpickles_downloaded_files():
         assert not re.search(r"\bpickle\.loads?\(|weights_only=False", source), path.name
 
 
-# --- issue 11 item 12: weights are checked for sense at load, not just for shape
+# --- weights are checked for sense at load, not just for shape
 
 from helpers.hostile import hf_folder  # noqa: E402
 from tipsomaly_lite.backbones.tips.checkpoints import hf_to_npz_names  # noqa: E402

@@ -138,7 +138,7 @@ def test_benchmark_runs_the_cross_dataset_protocol(tmp_path, capsys):
 
 
 def test_prepared_native_datasets_run_through_the_benchmark(tmp_path, capsys):
-    """Issue 3's preparation feeds issue 4's evaluation: fake VisA (class-id masks) and KSDD (strips)."""
+    """Prepared native layouts feed evaluation: fake VisA (class-id masks) and KSDD (strips)."""
     import warnings
 
     from helpers import native as nf

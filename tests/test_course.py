@@ -608,6 +608,7 @@ def test_scripts_run_without_the_venv_active(tmp_path):
     assert "tipsomaly_lite is not importable" in stuck.stderr and "make install" in stuck.stderr
 
 
+@pytest.mark.slow
 def test_a_notebook_cell_slower_than_the_limit_fails(tmp_path):
     """notebooks/conftest.py fails an nbval cell slower than the offline limit, naming it."""
     import os

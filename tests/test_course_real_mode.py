@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+#: The full lane only (`make test-all`): slow rehearsals.
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 REHEARSED = ["00_setup", "04_learnable_pixel_prompts", "05_local_to_global_fusion", "06_benchmark",
              "07_your_own_images"]

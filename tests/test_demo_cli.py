@@ -42,7 +42,7 @@ def test_cli_demo_falls_back_to_tiny_and_says_so(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_fetch_reports_unknown_variant(capsys):
-    assert main(["fetch", "nonsense"]) == 2  # a user error: one line, not a traceback (issue 11)
+    assert main(["fetch", "nonsense"]) == 2  # a user error: one line, not a traceback
     assert "unknown TIPS variant" in capsys.readouterr().err
 
 

@@ -23,6 +23,8 @@ from tipsomaly_lite.eval.evaluation import EvaluationResult
 from tipsomaly_lite.method.run_folder import latest_checkpoint, load_trained_prompts
 
 SIZE = "112"
+#: The full lane only (`make test-all`): slow rehearsals.
+pytestmark = pytest.mark.slow
 
 
 def _run(args: list[str], processes: int = 1, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -134,6 +136,7 @@ MISMATCH = """
 import sys, warnings
 import torch
 from tipsomaly_lite import AnomalyDataset, Detector, TrainConfig, distributed, evaluate, load_tips, train_prompts
+
 
 distributed.init_from_env("cpu")
 rank = distributed.world()[0]

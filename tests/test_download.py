@@ -128,7 +128,7 @@ def test_cache_dir_respects_env(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "user" / ".cache" / "tipsomaly_lite"
 
 
-# ---- fail closed: one download per destination, exact lengths, validated files (issue 11, item 7) ----
+# ---- fail closed: one download per destination, exact lengths, validated files ----------------
 
 import http.server  # noqa: E402
 import threading  # noqa: E402

@@ -68,6 +68,7 @@ def test_swiglu_config_matches_transformers(tmp_path, tiny_tokenizer_path):
     compare(ref, ours, 518, batch=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [448, 518])
 def test_b14_shapes_match_transformers(size, tmp_path, tiny_tokenizer_path):
     ref = make_reference(width=768, depth=12, heads=12)

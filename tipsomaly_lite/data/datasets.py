@@ -29,6 +29,7 @@ from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.data.registry import DATASET_KEYS, DATASETS, class_word
 from tipsomaly_lite.io.images import (binary_mask, check_image_file, check_pixels, mask_tensor, resize_image,
                                      to_float_rgb)
+from tipsomaly_lite.io.jsonfile import JSONFileError, read_json
 
 __all__ = [
     "IMAGE_EXTENSIONS", "IGNORED_NAMES", "META_FORMAT_HINT",
@@ -104,10 +105,10 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
                            f"({META_FORMAT_HINT}). Prepare it with `tipsomaly prepare` "
                            "or build it from an MVTec-like folder with build_meta_from_mvtec_layout.")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); {META_FORMAT_HINT}.") from err
-    if not isinstance(meta, dict) or not isinstance(meta.get("test"), dict):
+        meta = read_json(path, what="meta.json")
+    except JSONFileError as err:
+        raise DatasetError(f"{err}; {META_FORMAT_HINT}.") from None
+    if not isinstance(meta.get("test"), dict):
         raise DatasetError(f"{path} has no 'test' mapping of class -> list of samples; "
                            f"{META_FORMAT_HINT}.")
     meta.setdefault("train", {})
@@ -321,9 +322,9 @@ def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> 
     protocol = root / "protocol.json"
     if protocol.is_file():
         try:
-            recorded = json.loads(protocol.read_text(encoding="utf-8")).get("dataset")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-            raise DatasetError(f"{protocol} is not valid JSON ({err}); prepare the dataset again.") from err
+            recorded = read_json(protocol, what="protocol.json").get("dataset")
+        except JSONFileError as err:
+            raise DatasetError(f"{err}; prepare the dataset again.") from None
         if recorded is not None and recorded != key:
             raise DatasetError(f"--dataset {key}: {root} was prepared as {recorded!r} ({protocol}); "
                                f"use --dataset {recorded} or point --data-root at the {key} data.")

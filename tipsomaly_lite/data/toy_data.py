@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from tipsomaly_lite.io.atomic import atomic_folder
 from tipsomaly_lite.io.guard import check_replaceable, write_marker
 from tipsomaly_lite.data.datasets import build_meta_from_mvtec_layout, write_meta
+from tipsomaly_lite.io.jsonfile import read_json
 
 __all__ = [
     "TOY_CLASSES", "TEXTURE_CLASSES", "OBJECT_CLASSES", "DEFECT_KINDS", "CLASS_DEFECTS",
@@ -318,10 +319,10 @@ def make_toy_dataset(root: str | os.PathLike, *, seed: int = DEFAULT_SEED,
         config_path = root / "toy_config.json"
         if config_path.is_file() and (root / "meta.json").is_file():
             try:
-                if json.loads(config_path.read_text()) == config:
+                if read_json(config_path, what="toy_config.json") == config:
                     return root
-            except json.JSONDecodeError:
-                pass
+            except ValueError:
+                pass  # not ours, or damaged: treated as any other existing folder below
         if not overwrite:
             raise FileExistsError(f"{root} exists and is not a toy dataset made with {config}; "
                                   "pass overwrite=True (or --overwrite) to replace it.")

@@ -37,6 +37,7 @@ from tipsomaly_lite.method.detector import Detector
 from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator, image_metrics
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS, PAPER_RESULTS, SCORE_KINDS, prompts_trained_on
 from tipsomaly_lite.offline import MEANINGLESS_MARKDOWN, warn_caller
+from tipsomaly_lite.io.jsonfile import read_json
 
 __all__ = ["METRICS", "METRIC_LABELS", "PAPER_RESULTS", "SCORE_KINDS", "EXTRA_METRICS", "EvaluationResult",
            "evaluate", "paper_table", "benchmark_table", "prompts_trained_on"]
@@ -167,7 +168,7 @@ class EvaluationResult:
             if not path.is_file():
                 raise FileNotFoundError(f"no saved evaluation here: {path} is missing")
         try:
-            saved = json.loads(paths["results.json"].read_text(encoding="utf-8"))
+            saved = read_json(paths["results.json"], what="results.json")
             with open(paths["scores.csv"], encoding="utf-8", newline="") as f:
                 scores = [{"path": r["path"], "class_name": r["class_name"], "label": int(r["label"]),
                            **{k: float(v) for k, v in r.items() if k not in _ROW_KEYS}} for r in csv.DictReader(f)]
@@ -327,7 +328,7 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
         per_class[cls] = {k: 100 * m[k] for k in _COLUMNS}
         bounds[cls] = {k: 100 * v for k, v in pixels[cls].error_bounds(aupro_mode).items()}
     root = Path(getattr(dataset, "root", "."))
-    protocol = json.loads((root / "protocol.json").read_text()) if (root / "protocol.json").is_file() else None
+    protocol = read_json(root / "protocol.json", what="protocol.json") if (root / "protocol.json").is_file() else None
     config = {"dataset": name, "dataset_root": str(root), "protocol": protocol, "n_images": len(scores),
               "image_size": int(getattr(dataset, "image_size", 0)), "aupro_mode": aupro_mode,
               "aupro_max_fpr": 0.3, "aupro_connectivity": 8,

@@ -104,7 +104,12 @@ def to_float_rgb(image: ImageLike) -> Tensor:
 
     Accepts a PIL image of any mode, a path, a numpy array ``(H,W)``, ``(H,W,1|3|4)``
     (uint8 /255, uint16 /65535, float taken as [0,1]) or a tensor ``(3,H,W)`` in [0,1].
+
+    Raises:
+        ValueError: not an image, a shape or dtype we do not read, or values that are not finite or
+            lie outside [0, 1]; a file is named in the message.
     """
+    where = str(image) if isinstance(image, (str, os.PathLike)) else "image"
     if isinstance(image, (str, os.PathLike)):
         with open_image(image) as img:
             arr = _pil_to_array(img)
@@ -113,6 +118,9 @@ def to_float_rgb(image: ImageLike) -> Tensor:
     elif isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensor: expected (3,H,W) in [0,1], got shape {tuple(image.shape)}")
+        if not torch.isfinite(image).all():
+            raise ValueError(f"image tensor: {int((~torch.isfinite(image)).sum())} values are NaN or infinite; "
+                             "expected finite values in [0,1]")
         return image.float()
     elif isinstance(image, np.ndarray):
         if image.dtype == np.uint8:
@@ -130,12 +138,12 @@ def to_float_rgb(image: ImageLike) -> Tensor:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image: expected (H,W), (H,W,1), (H,W,3) or (H,W,4), got shape {arr.shape}")
+        raise ValueError(f"{where}: expected (H,W), (H,W,1), (H,W,3) or (H,W,4), got shape {arr.shape}")
     if not np.isfinite(arr).all():  # NaN passes every range check below; refuse it by name
-        raise ValueError(f"image: {int((~np.isfinite(arr)).sum())} values are NaN or infinite; expected finite "
+        raise ValueError(f"{where}: {int((~np.isfinite(arr)).sum())} values are NaN or infinite; expected finite "
                          "values in [0,1]")
     if arr.size and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
-        raise ValueError(f"image: float values must lie in [0,1], got [{arr.min():.3g}, {arr.max():.3g}]")
+        raise ValueError(f"{where}: float values must lie in [0,1], got [{arr.min():.3g}, {arr.max():.3g}]")
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 

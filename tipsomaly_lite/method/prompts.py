@@ -15,7 +15,6 @@ Taught in notebooks/03_fixed_prompts.ipynb.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from tipsomaly_lite.backbones.base import Backbone, l2_normalize
+from tipsomaly_lite.io.jsonfile import read_json
 
 __all__ = ["PromptSet", "PROMPT_SETS", "DEFAULT_PROMPT_SET", "SIMILARITY_PROMPTS", "get_prompt_set", "ensemble",
            "text_features", "TextFeatureBank"]
@@ -131,12 +131,12 @@ def get_prompt_set(spec: str | os.PathLike | PromptSet | Mapping[str, Any] | Non
         return PROMPT_SETS[str(spec)]
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        data = read_json(path, what="prompt set", max_bytes=2**20)
         data.setdefault("name", path.stem)
-        return get_prompt_set(data)
+        try:
+            return get_prompt_set(data)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"prompt set {path}: {exc}") from None
     raise KeyError(f"unknown prompt set {str(spec)!r}; expected one of {sorted(PROMPT_SETS)} or a .json file")
 
 

@@ -1,4 +1,4 @@
-"""Issue 11, item 14: the prompt loader's errors are one line and never repeat torch's advice to
+"""The prompt loader's errors are one line and never repeat torch's advice to
 retry with ``weights_only=False`` (that would run the file's code)."""
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def _rewrite_keeping_stat(path, data: bytes) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-# ---- 5. the feature-cache key covers everything that changes the tokens -------------------------
+# ---- the feature-cache key covers everything that changes the tokens -------------------------
 
 def test_same_size_same_mtime_new_content_is_a_new_entry(tiny, toy):
     # Two BMPs of one size have the same byte length: swap one's content, keep its size and mtime.
@@ -162,7 +162,7 @@ def test_content_hash_of_a_missing_file_names_it(tmp_path):
         content_hash(tmp_path / "nope.png")
 
 
-# ---- 11. atomic writes: the user's umask, fsync before the rename -------------------------------
+# ---- atomic writes: the user's umask, fsync before the rename -------------------------------
 
 @pytest.fixture
 def umask():

@@ -1,4 +1,4 @@
-"""Issue 11, items 4, 13 and 14: every user-caused error is one line naming the file or argument,
+"""Every user-caused error is one line naming the file or argument,
 exit code 2, for every command (demo and fetch included); never a traceback."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _fails_in_one_line(capsys, argv, *needles, code=2):
     return err
 
 
-# ------------------------------------------------------------------ arguments (item 4 and 14)
+# ------------------------------------------------------------------ arguments
 
 @pytest.mark.parametrize("argv,needle", [
     (["predict", "--images", "x.png", "--class-name", "nut", "--out", "o", "--batch-size", "0"], "--batch-size"),
@@ -83,7 +83,7 @@ def test_fetch_unknown_variant(capsys):
     _fails_in_one_line(capsys, ["fetch", "nonexistent"], "tipsomaly fetch", "nonexistent")
 
 
-# ------------------------------------------------------------------ --out that is a file (item 14)
+# ------------------------------------------------------------------ --out that is a file
 
 @pytest.mark.parametrize("command", ["demo", "train", "evaluate", "benchmark", "predict", "toy-data"])
 @pytest.mark.parametrize("under", [False, True])
@@ -103,7 +103,7 @@ def test_existing_file_as_out_is_refused_before_any_work(capsys, tmp_path, data_
     assert blocker.read_text() == "precious"
 
 
-# ------------------------------------------------------------------ disk full (item 14)
+# ------------------------------------------------------------------ disk full
 
 def test_disk_full_names_the_file_and_folder(capsys, tmp_path, monkeypatch):
     from tipsomaly_lite.data import toy_data
@@ -130,7 +130,7 @@ def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, 
     assert "Traceback" in text and "Input/output error" in text and "broken" in text
 
 
-# ------------------------------------------------------------------ damaged archives (item 14)
+# ------------------------------------------------------------------ damaged archives
 
 @pytest.mark.parametrize("kind", ["truncated_tar_xz", "garbage", "encrypted_zip", "deflate64_zip", "bomb_zip"])
 def test_damaged_or_unsupported_archives_are_one_line(capsys, tmp_path, kind):
@@ -156,7 +156,7 @@ def test_damaged_or_unsupported_archives_are_one_line(capsys, tmp_path, kind):
     assert not (tmp_path / "data" / "raw" / "mpdd").exists()
 
 
-# ------------------------------------------------------------------ weights and images (items 12, 14)
+# ------------------------------------------------------------------ weights and images
 
 def test_truncated_safetensors_variant_is_one_line(capsys, tmp_path, tiny_tokenizer_path):
     folder = hf_folder(tmp_path / "hf", tiny_tokenizer_path)
@@ -204,7 +204,7 @@ def test_bad_single_image_is_reported_naming_the_file(capsys, tmp_path, name, si
     assert lines and needle in lines[0], err
 
 
-# ------------------------------------------------------------------ datasets (item 13)
+# ------------------------------------------------------------------ datasets
 
 def test_dataset_key_that_does_not_match_the_data_is_refused(capsys, tmp_path):
     from helpers.native import write_mvtec_like

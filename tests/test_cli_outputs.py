@@ -1,5 +1,5 @@
 """The CLI never loses work: predict never overwrites and skips only what it cannot read, evaluate checks
-``--out`` first, train refuses a run it cannot resume and stops on NaN (issue 11, items 6, 8, 9, 10)."""
+``--out`` first, train refuses a run it cannot resume and stops on NaN."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _scores(out):
     return list(csv.DictReader((out / "scores.csv").open()))
 
 
-# ---- 9. predict never overwrites -------------------------------------------------------------------
+# ---- predict never overwrites -------------------------------------------------------------------
 
 def test_same_stem_in_different_folders_gets_distinct_overlays(tmp_path):
     a = _img(tmp_path / "imgs" / "a" / "x.png", (255, 0, 0))
@@ -134,7 +134,7 @@ def test_no_readable_image_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "out" / "scores.csv").exists()
 
 
-# ---- 10. evaluate (and predict) check --out before the work ----------------------------------------
+# ---- evaluate (and predict) check --out before the work ----------------------------------------
 
 @pytest.fixture
 def no_evaluation(monkeypatch):

@@ -1,4 +1,4 @@
-"""Issue 11, items 2, 3, 4 and 13: hostile or faulty dataset files get a clear error naming the file.
+"""Hostile or faulty dataset files get a clear error naming the file.
 
 Nothing is read or written outside the source and data root, FIFOs and pixel bombs are refused
 instead of hanging or eating memory, and contradictory labels or keys are never silently used.
@@ -45,7 +45,7 @@ def _rewrite_csv(src: pathlib.Path, old: str, new: str) -> None:
     csv_path.write_text(text.replace(old, new, 1))
 
 
-# ------------------------------------------------------------------ item 2: preparation stays inside
+# ------------------------------------------------------------------ preparation stays inside
 
 @pytest.mark.parametrize("column,evil", [
     ("image", "../secret.png"),
@@ -133,7 +133,7 @@ def test_links_inside_the_source_are_still_followed(tmp_path):
     assert copied.is_file() and not copied.is_symlink()
 
 
-# ------------------------------------------------------------------ item 3: meta.json stays inside
+# ------------------------------------------------------------------ meta.json stays inside
 
 @pytest.fixture
 def toy_root(tmp_path) -> pathlib.Path:
@@ -176,7 +176,7 @@ def test_meta_path_through_a_link_out_of_the_root_is_refused(toy_root, tmp_path)
         AnomalyDataset(toy_root, image_size=28)
 
 
-# ------------------------------------------------------------------ item 4: resources
+# ------------------------------------------------------------------ resources
 
 def _png_header(path: pathlib.Path, width: int, height: int) -> pathlib.Path:
     """A PNG whose header claims ``width x height`` (only a stub of pixel data follows)."""
@@ -258,7 +258,7 @@ def test_fifo_listed_in_visa_csv_is_refused_not_hung(tmp_path):
     assert isinstance(error, DatasetError) and "000.JPG" in str(error)
 
 
-# ------------------------------------------------------------------ item 13: contradictions
+# ------------------------------------------------------------------ contradictions
 
 def test_normal_image_with_a_non_empty_mask_is_refused(toy_root):
     def edit(meta):
