@@ -9,13 +9,22 @@ later epochs only run the text tower with the prompts and the loss). Reported pe
 median time of epochs >= 2 for both, their ratio (target >= 10x), the first (filling) epoch, and
 the largest difference between the two runs' final prompts (float16 storage).
 
+Second, per model, the loss's gradient: the hand-derived one (``fused_segmentation_loss``, what
+training uses while ``tipsomaly_lite.method.training.FUSED_GRADIENT`` is True, the default) against
+autograd through the readable ``segmentation_loss`` (``FUSED_GRADIENT = False``). Both run on the
+same cached batch of 8 images; every round times each once, in alternating order, and the
+ratio fused / autograd (below 1: fused is faster) is taken per round and reported as
+min / median / max, for the loss and its gradient alone (the part the switch changes) and for a
+whole training step (:func:`backward_step`: text tower, probabilities, upsampling, loss).
+
 The toy images are written at ``--source-size`` px (default 768, like MVTec/VisA photos, so
 decoding costs what it costs on real data) and read at ``--image-size`` (518, the paper's).
 
     python benchmarks/bench_training.py --quick     # smoke test, tiny model only, seconds
     python benchmarks/bench_training.py --json build/bench_training.json
+    python benchmarks/bench_training.py --models tiny --gradient-only --rounds 15   # the switch alone
 
-Timings are single measurements on a shared machine; the ratio is what the script is for.
+Timings are single measurements on a shared machine; the ratios are what the script is for.
 """
 
 from __future__ import annotations
@@ -45,7 +54,12 @@ from tipsomaly_lite.backbones.tips.tiny import tiny_files
 from tipsomaly_lite.backbones.tips.model import TIPS, load_tips
 from tipsomaly_lite.backbones.tips.text import Tokenizer
 from tipsomaly_lite.data.toy_data import TOY_CLASSES, make_toy_dataset
-from tipsomaly_lite.method.training import TrainConfig, train_prompts
+from tipsomaly_lite.method import training
+from tipsomaly_lite.method.feature_cache import FeatureCache
+from tipsomaly_lite.method.losses import fused_segmentation_loss, segmentation_loss
+from tipsomaly_lite.method.prompt_learner import PromptLearner
+from tipsomaly_lite.method.scoring import patch_probabilities
+from tipsomaly_lite.method.training import TrainConfig, backward_step, bilinear_matrix, flush_denormals, train_prompts
 
 TARGET = 10.0
 
@@ -80,6 +94,70 @@ def bench_model(name: str, model: TIPS, dataset: AnomalyDataset, epochs: int, lo
             "final_loss_uncached": runs["none"].epoch_losses[-1], "final_loss_cached": runs["memory"].epoch_losses[-1]}
 
 
+def _ratios(fused: list[float], autograd: list[float]) -> dict:
+    """Per-round ratios fused / autograd: min, median, max; and each side's median seconds."""
+    ratios = [f / a for f, a in zip(fused, autograd)]
+    return {"fused_s": statistics.median(fused), "autograd_s": statistics.median(autograd),
+            "ratio_min": min(ratios), "ratio_median": statistics.median(ratios), "ratio_max": max(ratios)}
+
+
+def bench_gradient(name: str, model: TIPS, dataset: AnomalyDataset, rounds: int, log) -> dict:
+    """Fused (hand-derived) vs autograd gradient of the loss, on one cached batch of 8 images."""
+    size = dataset.image_size
+    grid = model.patch_grid(size)
+    batch = FeatureCache(model, size, progress=False).get(dataset, list(range(min(8, len(dataset)))))
+    tokens, masks = batch["patch_tokens"], batch["mask"]
+    learner = PromptLearner(model, generator=torch.Generator().manual_seed(111))
+    # The loss's input as training makes it: each image's upsampled anomalous probability (1, S, S).
+    rows, cols = (bilinear_matrix(g, s).to(tokens) for g, s in zip(grid, masks.shape[-2:]))
+    with torch.no_grad():
+        probs = patch_probabilities(tokens, learner(), model.temperature)[..., 1]
+        maps = [rows @ probs[i].reshape(1, *grid) @ cols.T for i in range(len(tokens))]
+
+    def loss_only(fused: bool) -> None:
+        for u, mask in zip(maps, masks):
+            u = u.clone().requires_grad_()
+            if fused:
+                loss = fused_segmentation_loss(u, mask[None])
+            else:
+                loss = segmentation_loss(torch.stack([1 - u, u], dim=1), mask[None])
+            loss.backward()
+
+    def whole_step(fused: bool) -> None:
+        training.FUSED_GRADIENT = fused
+        learner.zero_grad(set_to_none=True)
+        backward_step(learner, tokens, masks, model.temperature, grid)
+
+    times = {(task, fused): [] for task in ("loss", "step") for fused in (True, False)}
+    log(f"  {name}: fused vs autograd gradient, {rounds} rounds on {len(tokens)} images at {size} px ...")
+    try:
+        with flush_denormals():  # as in training: denormal probabilities would slow both sides
+            for r in range(rounds + 1):  # round 0 warms up and is dropped
+                for fused in ((True, False) if r % 2 else (False, True)):  # alternate who goes first
+                    for task, run in (("loss", loss_only), ("step", whole_step)):
+                        start = time.perf_counter()
+                        run(fused)
+                        if r:
+                            times[task, fused].append(time.perf_counter() - start)
+    finally:
+        training.FUSED_GRADIENT = True  # the default
+    return {"model": name, "image_size": size, "images": len(tokens), "rounds": rounds,
+            "loss": _ratios(times["loss", True], times["loss", False]),
+            "step": _ratios(times["step", True], times["step", False])}
+
+
+def gradient_table(rows: list[dict]) -> str:
+    lines = ["| model | px | images | part | fused | autograd | fused / autograd min | median | max |",
+             "|" + "---|" * 9]
+    for r in rows:
+        for part, label in (("loss", "loss + gradient"), ("step", "training step")):
+            t = r[part]
+            lines.append(f"| {r['model']} | {r['image_size']} | {r['images']} | {label} | {t['fused_s'] * 1e3:.1f} ms "
+                         f"| {t['autograd_s'] * 1e3:.1f} ms | {t['ratio_min']:.3f} | {t['ratio_median']:.3f} "
+                         f"| {t['ratio_max']:.3f} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| model | images | px | epoch >= 2 without cache | with cache | ratio | target >= 10x "
              "| epoch 1 with cache (fills it) | max prompt diff |", "|" + "---|" * 9]
@@ -102,12 +180,16 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=518)
     p.add_argument("--source-size", type=int, default=768, help="side of the toy image files")
     p.add_argument("--depth", type=int, default=None, help="B/14 layers per tower (default: 12)")
+    p.add_argument("--rounds", type=int, default=9, help="rounds of the fused vs autograd gradient timing")
+    p.add_argument("--gradient-only", action="store_true", help="only the fused vs autograd gradient timing")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny only, 2 epochs, small images")
     p.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.per_class, args.epochs = ["tiny"], 2, 2
-        args.image_size, args.source_size = 112, 128
+        args.image_size, args.source_size, args.rounds = 112, 128, 3
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     if min(args.epochs, args.b14_epochs) < 2:
         p.error("--epochs and --b14-epochs must be >= 2 (epoch 1 fills the cache)")
     return args
@@ -120,7 +202,7 @@ def main(argv=None) -> int:
     env = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads()}
     log(f"environment: {env}")
-    rows = []
+    rows, gradient_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         def toy(per_class: int) -> AnomalyDataset:
             n_anom = per_class // 2
@@ -134,14 +216,21 @@ def main(argv=None) -> int:
             else:
                 model, ds, epochs = random_b14(args.depth), toy(args.b14_per_class), args.b14_epochs
             start = time.perf_counter()
-            rows.append(bench_model(name, model, ds, epochs, log))
-            log(f"  {name}: done in {time.perf_counter() - start:.0f} s, ratio {rows[-1]['speed_ratio']:.1f}x")
-    log("\n" + markdown_table(rows))
-    log("\nspeed ratio = median epoch time (epochs >= 2) without cache / with cache; target >= 10x.")
+            if not args.gradient_only:
+                rows.append(bench_model(name, model, ds, epochs, log))
+                log(f"  {name}: done in {time.perf_counter() - start:.0f} s, ratio {rows[-1]['speed_ratio']:.1f}x")
+            gradient_rows.append(bench_gradient(name, model, ds, args.rounds, log))
+    if rows:
+        log("\n" + markdown_table(rows))
+        log("\nspeed ratio = median epoch time (epochs >= 2) without cache / with cache; target >= 10x.")
+    log("\n" + gradient_table(gradient_rows))
+    log("\nfused / autograd = time with the hand-derived gradient (FUSED_GRADIENT = True, the default) / time "
+        "with autograd through segmentation_loss, per round (below 1: fused is faster); fused and autograd are "
+        "median times.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"environment": env, "config": vars(args) | {"json": str(args.json)},
-                                         "results": rows}, indent=1, default=str))
+                                         "results": rows, "gradient": gradient_rows}, indent=1, default=str))
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import json
 import re
 import subprocess
@@ -21,44 +23,50 @@ PACKAGE = ROOT / "tipsomaly_lite"
 SUBPACKAGES = ("backbones", "backbones/tips", "method", "eval", "data", "course", "course/checks")
 
 
-def _imports_of_flat_api(text: str) -> set[str]:
-    """Names in ``from tipsomaly_lite import a, b as c`` lines (parenthesised ones too) of a text."""
+#: The packages whose faces a notebook or the README may import from.
+FACES = ("tipsomaly_lite", "tipsomaly_lite.backbones", "tipsomaly_lite.method", "tipsomaly_lite.eval",
+         "tipsomaly_lite.data", "tipsomaly_lite.io", "tipsomaly_lite.course", "tipsomaly_lite.offline")
+
+
+def _imports(text: str) -> list[tuple[str, str]]:
+    """``(package, name)`` of every ``from tipsomaly_lite[.x] import a, b as c`` line (parenthesised too)."""
     text = text.replace("\\n", "\n").replace('\\"', '"')  # notebook JSON strings
-    names = set()
-    for m in re.finditer(r"from tipsomaly_lite import (\(([^)]*)\)|[^\n#]+)", text):
-        body = m.group(2) if m.group(2) is not None else m.group(1)
+    found = []
+    for m in re.finditer(r"from (tipsomaly_lite[\w.]*) import (\(([^)]*)\)|[^\n#]+)", text):
+        body = m.group(3) if m.group(3) is not None else m.group(2)
         body = re.sub(r'[",]\s*$', "", body.replace('"', " ").replace("\n", " "))
-        names |= {item.split(" as ")[0].strip() for item in body.split(",") if item.strip()}
-    return names
+        found += [(m.group(1), item.split(" as ")[0].strip()) for item in body.split(",") if item.strip()]
+    return found
 
 
 def test_every_public_name_resolves():
     for name in tipsomaly_lite.__all__:
         assert getattr(tipsomaly_lite, name) is not None, name
-    for name in ("checks", "viz", "metrics", "course", "offline", "cli"):
+    for name in ("checks", "viz"):
         assert getattr(tipsomaly_lite, name).__name__.startswith("tipsomaly_lite"), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         tipsomaly_lite.nope  # noqa: B018
+    for face in FACES[1:]:
+        module = importlib.import_module(face)
+        for name in getattr(module, "__all__", []):
+            assert getattr(module, name) is not None, f"{face}.{name}"
 
 
-def test_names_the_readme_and_notebooks_import_are_public():
+def test_the_top_level_api_is_what_a_user_needs():
+    names = [n for n in tipsomaly_lite.__all__ if n != "__version__"] + list(tipsomaly_lite._MODULES)
+    assert len(names) <= 45, len(names)
+    assert {"load_backbone", "AnomalyDataset", "Detector", "train_prompts", "evaluate", "checks"} <= set(names)
+
+
+def test_names_the_readme_and_notebooks_import_are_public_in_a_face():
     texts = {p.name: p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "notebooks").glob("*.ipynb"))]}
-    seen = set()
     for where, text in texts.items():
-        for name in _imports_of_flat_api(text):
-            seen.add(name)
-            assert hasattr(tipsomaly_lite, name), f"{where} imports {name!r} from tipsomaly_lite, which has no such name"
-    # The README's quick start and the course's core names are among them.
-    assert {"load_tips", "AnomalyDataset", "Detector", "train_prompts", "evaluate", "checks"} <= seen
-
-
-def test_notebooks_import_only_the_flat_api_or_the_course_start():
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
-            for line in "".join(cell["source"]).splitlines():
-                m = re.match(r"\s*from (tipsomaly_lite[\w.]*) import", line)
-                if m:
-                    assert m.group(1) in ("tipsomaly_lite", "tipsomaly_lite.course"), f"{path.name}: {line.strip()}"
+        for package, name in _imports(text):
+            if where.endswith(".ipynb") or package in FACES:
+                assert package in FACES, f"{where} imports from {package}, not from a package's face"
+                module = importlib.import_module(package)
+                is_module = importlib.util.find_spec(f"{package}.{name}") is not None if package in FACES[:-1] else False
+                assert hasattr(module, name) or is_module, f"{where} imports {name!r} from {package}, which has no such name"
 
 
 def test_the_tree_shows_the_architecture():
@@ -67,7 +75,66 @@ def test_the_tree_shows_the_architecture():
         assert init.is_file(), f"{sub} is not a package"
         assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{sub}/__init__.py says what it holds"
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "cli.py", "distributed.py", "offline.py"], flat
+    assert flat == ["__init__.py", "__main__.py", "_api.py", "cli.py", "distributed.py", "offline.py", "predict.py"], flat
+
+
+#: Floors of the house, lowest first: a module may import only from its own floor or below.
+FLOORS = [("tipsomaly_lite._api", "tipsomaly_lite.offline", "tipsomaly_lite.distributed", "tipsomaly_lite.io"),
+          ("tipsomaly_lite.backbones", "tipsomaly_lite.data"), ("tipsomaly_lite.method",), ("tipsomaly_lite.eval",),
+          ("tipsomaly_lite.course",), ("tipsomaly_lite.predict",), ("tipsomaly_lite.cli", "tipsomaly_lite.__main__")]
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every package module -> the package modules it imports (top-level and inside functions)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        targets = set()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # annotations only: never imported at run time
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tipsomaly_lite"):
+                targets.add(node.module)
+                targets |= {f"{node.module}.{a.name}" for a in node.names
+                            if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("tipsomaly_lite")}
+        graph[name] = targets - {name}
+    return graph
+
+
+def _floor(module: str) -> int:
+    for i, floor in enumerate(FLOORS):
+        if any(module == f or module.startswith(f + ".") for f in floor):
+            return i
+    return len(FLOORS)  # the top-level face (tipsomaly_lite) stands above everything
+
+
+def test_no_import_runs_upward_and_no_module_imports_in_a_circle():
+    graph = _module_imports()
+    upward = [(a, b) for a, targets in graph.items() for b in targets
+              if a != "tipsomaly_lite" and b != "tipsomaly_lite" and not a.endswith("__init__")
+              and _floor(b) > _floor(a)]
+    assert not upward, upward
+    # circles between modules (a package face importing its own modules lazily is not one)
+    faces = {m for m in graph if (PACKAGE.parent / m.replace(".", "/") / "__init__.py").exists()}
+    edges = {a: {b for b in t if b not in faces} for a, t in graph.items() if a not in faces}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in edges.get(node, ()):
+            assert state.get(nxt) != 1, f"import circle: {' -> '.join(stack + [node, nxt])}"
+            if nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = 2
+    for node in edges:
+        if node not in state:
+            visit(node, [])
 
 
 def test_tips_implements_the_backbone_seam(tiny):

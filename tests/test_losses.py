@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tipsomaly_lite.method.losses import dice_loss, focal_loss, segmentation_loss
+from tipsomaly_lite.method.losses import LOSS_TERMS, dice_loss, focal_loss, fused_segmentation_loss, segmentation_loss
 
 
 def slow_focal(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> float:
@@ -129,14 +129,37 @@ def test_non_binary_mask_is_an_error():
         focal_loss(probs, mask * 0.5)
 
 
-@pytest.mark.parametrize("shape", [(3, 2, 17, 11), (1, 2, 64, 64)])
-def test_fused_loss_has_the_same_value_and_gradient(shape):
-    from tipsomaly_lite.method.losses import fused_segmentation_loss
+# ---- the fused gradient (tipsomaly_lite.method.training.FUSED_GRADIENT) equals autograd through the definition
 
+FUSED_SHAPES = [(1, 2, 1, 1), (2, 2, 5, 4), (3, 2, 17, 11), (1, 2, 64, 64), (4, 2, 9, 30)]
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_fused_loss_has_the_value_gradient_and_terms_of_autograd_through_the_definition(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    b, _, h, w = shape
+    u = torch.rand(b, h, w, dtype=torch.float64, generator=g)
+    mask = (torch.rand(b, 1, h, w, generator=g) > 0.7).double()
+    mask[0] = 0  # an all-normal image too
+    if b > 1:
+        mask[-1] = 1  # and an all-anomalous one
+    want_u, got_u = u.clone().requires_grad_(), u.clone().requires_grad_()
+    want_terms: dict[str, float] = {}
+    got_terms: dict[str, float] = {}
+    want = segmentation_loss(torch.stack([1 - want_u, want_u], dim=1), mask, terms=want_terms)
+    got = fused_segmentation_loss(got_u, mask, terms=got_terms)
+    want.backward()
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    torch.testing.assert_close(got_u.grad, want_u.grad, rtol=1e-9, atol=1e-15)
+    assert got_terms == pytest.approx(want_terms, rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 17, 11), (1, 2, 64, 64)])
+def test_fused_loss_has_the_same_gradient_through_the_softmax(shape):
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(*shape, dtype=torch.float64, generator=g) * 3
     mask = (torch.rand(shape[0], 1, *shape[2:], generator=g) > 0.7).double()
-    mask[0] = 0  # an all-normal image too
     a = logits.clone().requires_grad_()
     b = logits.clone().requires_grad_()
     want = segmentation_loss(a.softmax(1), mask)
@@ -151,31 +174,71 @@ def test_fused_loss_has_the_same_value_and_gradient(shape):
         fused_segmentation_loss(probs[None], mask)
 
 
+def test_fused_loss_in_float32_agrees_with_the_definition():
+    """Training runs in float32: the two agree there to float32 rounding (1 - u loses u's low bits)."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(2, 37, 23, generator=g)
+    mask = (torch.rand(2, 37, 23, generator=g) > 0.8).float()
+    want_u, got_u = u.clone().requires_grad_(), u.clone().requires_grad_()
+    want = segmentation_loss(torch.stack([1 - want_u, want_u], dim=1), mask)
+    got = fused_segmentation_loss(got_u, mask)
+    want.backward()
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    torch.testing.assert_close(got_u.grad, want_u.grad, rtol=1e-3, atol=1e-5 * float(want_u.grad.abs().max()))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_training_step_gives_the_same_loss_and_gradient_either_way(monkeypatch, fused):
+    """backward_step with FUSED_GRADIENT True or False: the same loss, terms and text-feature gradient."""
+    import tipsomaly_lite.method.training as training
+
+    g = torch.Generator().manual_seed(11)
+    grid, size, dim = (4, 3), (20, 15), 16
+    tokens = torch.nn.functional.normalize(torch.randn(3, grid[0] * grid[1], dim, generator=g), dim=-1)
+    masks = (torch.rand(3, 1, *size, generator=g) > 0.7).float()
+    text = torch.randn(2, dim, generator=g).requires_grad_()
+
+    def step(flag: bool) -> tuple[float, dict[str, float], torch.Tensor]:
+        monkeypatch.setattr(training, "FUSED_GRADIENT", flag)
+        text.grad = None
+        terms: dict[str, float] = {}
+        loss = training.backward_step(lambda: text * 1, tokens, masks, 0.07, grid, terms)
+        return loss, terms, text.grad.clone()
+
+    assert training.FUSED_GRADIENT is True  # the default: the faster one, which trained every released run
+    loss, terms, grad = step(fused)
+    want_loss, want_terms, want_grad = step(not fused)
+    # float32, as in training: equal up to rounding (the exact checks above run in float64)
+    assert loss == pytest.approx(want_loss, rel=1e-4)
+    assert terms == pytest.approx(want_terms, rel=1e-4, abs=1e-6)
+    assert sum(terms.values()) == pytest.approx(loss, rel=1e-6)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-3, atol=1e-5 * float(want_grad.abs().max()))
+
+
 def test_loss_terms_are_the_three_slow_terms_and_add_up():
-    from tipsomaly_lite.method.losses import LOSS_TERMS, segmentation_loss_terms
-
     probs, mask = random_case(8, b=3)
-    terms = segmentation_loss_terms(probs, mask[:, None])
+    terms: dict[str, float] = {}
+    total = segmentation_loss(probs, mask[:, None], terms=terms)
     assert tuple(terms) == LOSS_TERMS
-    assert terms["focal"].item() == pytest.approx(slow_focal(probs, mask), rel=1e-5)
-    assert terms["dice_anomalous"].item() == pytest.approx(slow_dice(probs[:, 1], mask), rel=1e-5)
-    assert terms["dice_normal"].item() == pytest.approx(slow_dice(probs[:, 0], 1 - mask), rel=1e-5)
-    assert sum(t.item() for t in terms.values()) == pytest.approx(segmentation_loss(probs, mask).item(), rel=1e-6)
+    assert terms["focal"] == pytest.approx(slow_focal(probs, mask), rel=1e-5)
+    assert terms["dice_anomalous"] == pytest.approx(slow_dice(probs[:, 1], mask), rel=1e-5)
+    assert terms["dice_normal"] == pytest.approx(slow_dice(probs[:, 0], 1 - mask), rel=1e-5)
+    assert sum(terms.values()) == pytest.approx(total.item(), rel=1e-6)
+    torch.testing.assert_close(total, segmentation_loss(probs, mask))  # the terms change nothing
+    segmentation_loss(probs, mask, terms=terms)  # a second call adds
+    assert terms["focal"] == pytest.approx(2 * slow_focal(probs, mask), rel=1e-5)
     with pytest.raises(ValueError, match="probs must be"):
-        segmentation_loss_terms(probs[:, :1], mask)
+        segmentation_loss(probs[:, :1], mask, terms={})
 
 
-def test_fused_loss_reports_the_same_terms_and_sums_them_over_calls():
-    from tipsomaly_lite.method.losses import fused_segmentation_loss, segmentation_loss_terms
-
+def test_fused_loss_sums_its_terms_over_calls():
     g = torch.Generator().manual_seed(9)
     u = torch.rand(2, 13, 9, generator=g, dtype=torch.float64)
     mask = (torch.rand(2, 13, 9, generator=g) > 0.6).double()
     terms: dict[str, float] = {}
     total = fused_segmentation_loss(u, mask, terms=terms)
-    want = segmentation_loss_terms(torch.stack([1 - u, u], 1), mask)
-    for key, value in want.items():
-        assert terms[key] == pytest.approx(value.item(), rel=1e-12), key
     assert sum(terms.values()) == pytest.approx(total.item(), rel=1e-12)
+    once = dict(terms)
     fused_segmentation_loss(u, mask, terms=terms)  # a second call adds
-    assert terms["focal"] == pytest.approx(2 * want["focal"].item(), rel=1e-12)
+    assert terms == pytest.approx({k: 2 * v for k, v in once.items()}, rel=1e-12)

@@ -18,6 +18,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from tipsomaly_lite.eval import metrics as M
 from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator
+from tipsomaly_lite.eval.pixel_histogram import _E_MIN, _exponent_for
 
 TOL = 1e-9
 
@@ -341,12 +342,12 @@ def test_negative_values_and_signed_zero():
 
 def test_grid_exponent_is_the_smallest_that_covers_the_range():
     for lo, hi in ((0.0, 1.0), (0.49, 0.51), (1000.0, 1000.5), (-3.0, 2.5), (7.0, 7.0), (0.0, 0.0), (-1e300, 1e300)):
-        e = M._exponent_for(lo, hi, 64, M._E_MIN)
+        e = _exponent_for(lo, hi, 64, _E_MIN)
 
         def ok(e):
             small = math.ldexp(max(abs(lo), abs(hi)), -e) < 2.0**53  # bin numbers are exact integers
             return small and math.floor(math.ldexp(hi, -e)) - math.floor(math.ldexp(lo, -e)) <= 63
-        assert ok(e) and (e == M._E_MIN or not ok(e - 1))
+        assert ok(e) and (e == _E_MIN or not ok(e - 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+import tipsomaly_lite.method.run_folder as run_folder
 import tipsomaly_lite.method.training as training
 from tipsomaly_lite.backbones.tips.model import load_tips_files
 from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH, random_tips_arrays, write_npz
 from tipsomaly_lite.io.atomic import file_lock
 from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.data.toy_data import make_toy_dataset
-from tipsomaly_lite.method.training import TrainConfig, latest_checkpoint, train_prompts
+from tipsomaly_lite.method.run_folder import latest_checkpoint
+from tipsomaly_lite.method.training import TrainConfig, train_prompts
 
 SIZE = 56
 CFG = dict(batch_size=3, cache="memory")  # 7 images: 3 steps per epoch, the last one short
@@ -171,7 +173,7 @@ class Killed(BaseException):
 
 
 def _kill_on(monkeypatch, name, *, after: bool, when=lambda *a: True):
-    real = getattr(training, name)
+    real = getattr(run_folder, name)
 
     def wrapped(*args, **kwargs):
         if not after and when(*args):
@@ -181,7 +183,7 @@ def _kill_on(monkeypatch, name, *, after: bool, when=lambda *a: True):
             raise Killed
         return out
 
-    monkeypatch.setattr(training, name, wrapped)
+    monkeypatch.setattr(run_folder, name, wrapped)
 
 
 KILL_POINTS = {
@@ -236,8 +238,8 @@ def test_a_lost_history_file_is_rebuilt_from_the_checkpoint(tiny, toy, straight,
 
 def test_an_old_checkpoint_with_an_incomplete_history_is_refused(tiny, toy, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real = training._save_checkpoint
-    monkeypatch.setattr(training, "_save_checkpoint", lambda d, e, l, o, h=None: real(d, e, l, o))  # no rows inside
+    real = run_folder._save_checkpoint
+    monkeypatch.setattr(run_folder, "_save_checkpoint", lambda d, e, l, o, h=None: real(d, e, l, o))  # no rows inside
     train_prompts(tiny, toy, TrainConfig(epochs=1, **CFG), run, progress=False)
     (run / "history.json").write_text(json.dumps({"steps": [{"epoch": 1, "step": 1, "loss": 1.0}],
                                                   "epoch_losses": [1.0]}))
@@ -285,11 +287,11 @@ def test_a_nan_checkpoint_on_disk_is_refused(tiny, toy, one_epoch):
     path = latest_checkpoint(one_epoch)
     tensors = load_file(str(path))
     tensors["normal"][0, 0] = float("nan")
-    save_file(tensors, str(path), metadata={"format": training.CHECKPOINT_FORMAT, "epoch": "1"})
+    save_file(tensors, str(path), metadata={"format": run_folder.CHECKPOINT_FORMAT, "epoch": "1"})
     with pytest.raises(ValueError, match="normal prompts hold NaN"):
         train_prompts(tiny, toy, TrainConfig(epochs=2, **CFG), one_epoch, progress=False)
     with pytest.raises(ValueError, match="NaN"):
-        training.load_trained_prompts(one_epoch)
+        run_folder.load_trained_prompts(one_epoch)
 
 
 def test_save_checkpoint_refuses_non_finite_state(tiny, tmp_path):
@@ -298,5 +300,5 @@ def test_save_checkpoint_refuses_non_finite_state(tiny, tmp_path):
     with torch.no_grad():
         learner.anomalous[0, 0] = float("inf")
     with pytest.raises(ValueError, match="anomalous is not finite"):
-        training._save_checkpoint(tmp_path, 1, learner, optimizer)
+        run_folder._save_checkpoint(tmp_path, 1, learner, optimizer)
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())

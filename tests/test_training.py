@@ -14,8 +14,8 @@ from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.method.feature_cache import FeatureCache
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 from tipsomaly_lite.data.toy_data import make_toy_dataset
-from tipsomaly_lite.method.training import (TrainConfig, latest_checkpoint, load_trained_prompts, train_prompts,
-                                     training_loss)
+from tipsomaly_lite.method.run_folder import latest_checkpoint, load_trained_prompts
+from tipsomaly_lite.method.training import TrainConfig, train_prompts, training_loss
 
 SIZE = 112  # 8 x 8 patches: fast, and a real upsampling in the loss
 

@@ -4,8 +4,6 @@
 :func:`overlay_names` gives each a distinct overlay name, and :func:`predict_images` scores them in
 batches, draws every map over its photo at the photo's own size and writes ``scores.csv``. One
 unreadable image is named and counted as failed; it does not cost the others their scores.
-
-Taught in notebooks/07_your_own_images.ipynb.
 """
 
 from __future__ import annotations

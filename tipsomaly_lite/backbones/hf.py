@@ -28,16 +28,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tipsomaly_lite import offline
-from tipsomaly_lite.backbones.base import l2_normalize, vision_dtype, warn_if_slow_bf16, weights_fingerprint
-from tipsomaly_lite.backbones.preprocess import check_size, preprocess
+from tipsomaly_lite.backbones.base import BackboneBase, l2_normalize, vision_dtype, wants_tiny
 
-__all__ = ["HF_FAMILIES", "SHORT_NAMES", "HFBackbone", "CLIPBackbone", "SigLIP2Backbone", "load_hf_backbone"]
+__all__ = ["HF_FAMILIES", "SHORT_NAMES", "HFBackbone", "CLIPBackbone", "SigLIP2Backbone", "load_hf_backbone",
+           "load_clip", "load_siglip2", "hf_family_for"]
 
 #: Short names -> hub ids, per family.
 SHORT_NAMES: dict[str, dict[str, str]] = {
@@ -46,8 +45,6 @@ SHORT_NAMES: dict[str, dict[str, str]] = {
     "siglip2": {"so400m-256": "google/siglip2-so400m-patch16-256", "l16-512": "google/siglip2-large-patch16-512",
                 "b16-224": "google/siglip2-base-patch16-224"},
 }
-#: The default checkpoint per family: the ZSAD baselines' CLIP, the authors' SigLIP2.
-DEFAULT_VARIANTS = {"clip": "l14-336", "siglip2": "so400m-256"}
 HF_FAMILIES = tuple(SHORT_NAMES)
 # Per-family image statistics when a checkpoint folder has no preprocessor_config.json.
 _STATS = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -95,12 +92,18 @@ class _HubTokenizer:
         return out["input_ids"], out["attention_mask"].bool()
 
 
-class HFBackbone(nn.Module):
-    """Common ground of the transformers-based backbones: loading facts, normalisation, fingerprint.
+class HFBackbone(BackboneBase):
+    """Common ground of the transformers-based backbones: the checkpoint's facts and pixel statistics.
+
+    Device, dtype, patch grid, preprocessing, the batched text loop, placement, fingerprint and
+    ``describe`` come from :class:`~tipsomaly_lite.backbones.base.BackboneBase`.
 
     Attributes:
         model: the frozen ``transformers`` model.
         tokenizer: callable ``texts -> (ids (T, L), keep (T, L) bool)``.
+        patch_size, native_size: from the checkpoint's vision config.
+        image_mean, image_std: per-channel statistics applied to [0, 1] images inside
+            :meth:`encode_features` (the towers expect normalised pixels).
     """
 
     family = "hf"
@@ -110,43 +113,36 @@ class HFBackbone(nn.Module):
     def __init__(self, model: nn.Module, tokenizer: Any, *, variant: str, source: str, image_size: int | None,
                  image_mean: tuple[float, float, float], image_std: tuple[float, float, float],
                  is_offline: bool = False) -> None:
-        super().__init__()
+        vision = model.config.vision_config
+        super().__init__(variant=variant, source=source, patch_size=int(vision.patch_size),
+                         native_size=int(vision.image_size), image_size=image_size, is_offline=is_offline)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.variant, self.source, self.is_offline = variant, source, is_offline
-        vision = model.config.vision_config
-        self.patch_size = int(vision.patch_size)
-        self.native_size = int(vision.image_size)
-        self.image_size = check_size(image_size or self.native_size, "image_size", self.patch_size)
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.temperature = float(1.0 / model.logit_scale.detach().float().exp())
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.logit_scale.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The vision tower's dtype (float32 or bfloat16); the text tower is always float32."""
-        return next(self.model.vision_model.parameters()).dtype
-
     def _vision_modules(self) -> list[nn.Module]:
-        """What runs on images: cast to the ``dtype`` asked at load time; text stays float32."""
         return [self.model.vision_model]
 
-    def preprocess(self, images: Any | Iterable[Any], size: int | None = None) -> Tensor:
-        """Images -> ``(B, 3, S, S)`` RGB in [0, 1] (squashed, no crop; normalised later, in the model)."""
-        return preprocess(images, size or self.image_size, multiple=self.patch_size)
+    def _fingerprint_header(self) -> str:
+        """The family and its options, the pixel statistics and the config (the weights are ``self.model``'s)."""
+        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        options = f"{self.family}|{getattr(self, 'dense', '')}|{self.image_mean}|{self.image_std}"
+        return f"{options}|{config}"
 
-    def patch_grid(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
-        """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`)."""
-        size = size or self.image_size
-        h, w = (size, size) if isinstance(size, int) else size
-        return (check_size(h, "height", self.patch_size) // self.patch_size,
-                check_size(w, "width", self.patch_size) // self.patch_size)
+    def _fingerprinted(self) -> nn.Module:
+        return self.model
+
+    def _encode_text_batch(self, texts: list[str]) -> Tensor:
+        ids, keep = self.tokenizer(texts)
+        return self._text_features(ids.to(self.device), keep.to(self.device))
+
+    def _text_features(self, ids: Tensor, keep: Tensor) -> Tensor:
+        """Raw sentence features ``(T, D)`` of token ids ``(T, L)`` and their keep mask, through the model's own path."""
+        raise NotImplementedError
 
     def _pixels(self, images: Tensor) -> Tensor:
-        """[0, 1] images -> the tower's normalised pixels, on the model's device and dtype."""
+        """[0, 1] images ``(B, 3, H, W)`` -> the tower's normalised pixels, on the model's device and dtype."""
         mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
         return ((images.to(self.device).float() - mean) / std).to(self.dtype)
@@ -154,33 +150,12 @@ class HFBackbone(nn.Module):
     def _interpolate(self, images: Tensor) -> bool:
         return tuple(images.shape[-2:]) != (self.native_size, self.native_size)
 
-    def encode_text(self, texts: list[str] | str, normalize: bool = False, batch_size: int = 256) -> Tensor:
-        """Sentence features ``(T, D)`` through the model's own text path (raw unless ``normalize``)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        outs = []
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                ids, keep = self.tokenizer(texts[start:start + batch_size])
-                outs.append(self._text_features(ids.to(self.device), keep.to(self.device)).float())
-        feats = torch.cat(outs)
-        return l2_normalize(feats) if normalize else feats
-
-    def fingerprint(self) -> str:
-        """SHA-256 (first 16 hex digits) of everything that changes the features: the family and its options,
-        the pixel statistics, the config and every weight tensor (remembered until an in-place change)."""
-        config = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
-        options = f"{self.family}|{getattr(self, 'dense', '')}|{self.image_mean}|{self.image_std}"
-        return weights_fingerprint(self.model, f"{options}|{config}")
-
-    def __repr__(self) -> str:
+    def _repr_lines(self) -> list[str]:
         v, t = self.model.config.vision_config, self.model.config.text_config
-        lines = [f"{type(self).__name__}(variant={self.variant!r}, width={v.hidden_size}, depth={v.num_hidden_layers}, "
-                 f"text_width={t.hidden_size}, text_depth={t.num_hidden_layers}, image_size={self.image_size}, "
-                 f"patch_grid={'x'.join(map(str, self.patch_grid()))}, temperature={self.temperature:.5g},",
-                 f"     source={self.source})"]
-        if self.is_offline:
-            lines.append("     !! TINY RANDOM WEIGHTS: outputs are meaningless (offline mode) !!")
-        return "\n".join(lines)
+        return [f"variant={self.variant!r}, width={v.hidden_size}, depth={v.num_hidden_layers}, "
+                f"text_width={t.hidden_size}, text_depth={t.num_hidden_layers}, image_size={self.image_size}, "
+                f"patch_grid={'x'.join(map(str, self.patch_grid()))}, temperature={self.temperature:.5g},",
+                f"source={self.source}"]
 
 
 class CLIPBackbone(HFBackbone):
@@ -353,18 +328,20 @@ def _family_of(folder: Path) -> str | None:
 
 
 def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int | None = None,
-                     device: str | torch.device = "cpu", download: bool = True,
+                     device: str | torch.device = "cpu", download: bool = True, fallback_to_tiny: bool = False,
                      dtype: str | torch.dtype = "float32", **options: Any) -> HFBackbone:
     """Load CLIP or SigLIP2, frozen and in eval mode.
 
     Args:
         variant: a short name (``"l14-336"``; see :data:`SHORT_NAMES`), ``"tiny"`` (offline, random), a hub id
             (``"openai/clip-vit-large-patch14-336"``) or ``"hf:<hub id or local folder>"``. The family's default
-            when None.
+            when None (the registry's, :data:`~tipsomaly_lite.backbones.registry.FAMILIES`).
         family: ``"clip"`` or ``"siglip2"``.
         image_size: default input side (a multiple of the patch size); the checkpoint's when omitted.
         device: where the model lives.
         download: fetch a hub checkpoint into ``$TIPSOMALY_HOME/hf`` when it is not there.
+        fallback_to_tiny: when a hub checkpoint is not cached and cannot be fetched, load the tiny
+            offline model (with its warning) instead of raising (as :func:`~tipsomaly_lite.backbones.tips.model.load_tips`).
         dtype: the vision tower's dtype, ``"float32"`` (default) or ``"bfloat16"`` (as for
             :func:`~tipsomaly_lite.backbones.tips.model.load_tips`: the text tower stays float32 and
             the features come back float32).
@@ -379,19 +356,18 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     if family not in _CLASSES:
         raise ValueError(f"unknown transformers backbone family {family!r}; expected one of {HF_FAMILIES}")
     dtype = vision_dtype(dtype)
-    variant = variant or DEFAULT_VARIANTS[family]
+    from tipsomaly_lite.backbones.registry import FAMILIES
+
+    variant = variant or FAMILIES[family].default_variant
     target = variant[3:] if variant.startswith("hf:") else SHORT_NAMES[family].get(variant, variant)
     is_local = variant != "tiny" and Path(target).is_dir()
-    if variant != "tiny" and not is_local and offline.offline_forced():
-        variant = "tiny"
     cls = _CLASSES[family]
-    if variant == "tiny":
-        offline.warn_meaningless()
+    if wants_tiny(variant, needs_network=not is_local):
         model, max_len = _tiny_model(family)
         mean, std = _STATS[family]
         backbone = cls(model, _TinyTokenizer(family, max_len), variant="tiny", source="random init (tiny, offline)",
                        image_size=image_size, image_mean=mean, image_std=std, is_offline=True, **options)
-        return _place(backbone, device, dtype)
+        return backbone.place(device, dtype)
     try:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as err:  # an optional extra
@@ -411,6 +387,9 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     except OSError as err:
         from tipsomaly_lite.io.download import DownloadError
 
+        if fallback_to_tiny and not is_local:
+            return load_hf_backbone("tiny", family=family, image_size=image_size, device=device, dtype=dtype,
+                                    **options)
         raise DownloadError(f"could not load {target} for {family} ({type(err).__name__}: {err}). Offline? "
                             f"Pass a local folder (hf:/path) or use the offline tiny model") from err
     mean, std = _STATS[family]
@@ -421,16 +400,17 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     max_len = int(model.config.text_config.max_position_embeddings)
     backbone = cls(model, _HubTokenizer(tokenizer, max_len), variant=variant, source=str(target),
                    image_size=image_size, image_mean=mean, image_std=std, **options)
-    return _place(backbone, device, dtype)
+    return backbone.place(device, dtype)
 
 
-def _place(backbone: HFBackbone, device: str | torch.device, dtype: torch.dtype) -> HFBackbone:
-    """Move to ``device`` (hub checkpoints may hold bf16: start from float32) and cast the vision tower to ``dtype``."""
-    warn_if_slow_bf16(dtype, device)
-    backbone = backbone.to(device=device, dtype=torch.float32)
-    for module in backbone._vision_modules():
-        module.to(dtype)
-    return backbone
+def load_clip(variant: str | None = None, **kwargs: Any) -> CLIPBackbone:
+    """CLIP's loader in the family registry: :func:`load_hf_backbone` with ``family="clip"``."""
+    return load_hf_backbone(variant, family="clip", **kwargs)
+
+
+def load_siglip2(variant: str | None = None, **kwargs: Any) -> SigLIP2Backbone:
+    """SigLIP2's loader in the family registry: :func:`load_hf_backbone` with ``family="siglip2"``."""
+    return load_hf_backbone(variant, family="siglip2", **kwargs)
 
 
 def hf_family_for(spec: str) -> str | None:

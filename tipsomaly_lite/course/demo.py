@@ -60,9 +60,13 @@ def demo_images(size: int, seed: int = 0) -> tuple[torch.Tensor, list[str], list
 
 @torch.inference_mode()
 def run_demo(out_dir: str | Path = "build/demo", variant: str = "l14-hr", size: int | None = None,
-             model: Backbone | None = None) -> DemoResult:
-    """Write ``similarity_maps.png`` into ``out_dir`` and return what was computed."""
-    model = model or load_backbone(variant, download=False, fallback_to_tiny=True)
+             model: Backbone | None = None, family: str = "tips") -> DemoResult:
+    """Write ``similarity_maps.png`` into ``out_dir`` and return what was computed.
+
+    The model is ``family``'s ``variant`` when its weights are in the cache, else its tiny offline
+    model (said loudly); ``size`` None is the model's own input side.
+    """
+    model = model or load_backbone(variant, family=family, download=False, fallback_to_tiny=True)
     size = size or model.image_size
     images, words, titles = demo_images(size)
     maps, probs = [], []

@@ -36,7 +36,7 @@ from tipsomaly_lite.data.datasets import AnomalyDataset
 from tipsomaly_lite.io.download import DownloadError, cache_dir
 from tipsomaly_lite.offline import MEANINGLESS_TAG, offline_forced
 from tipsomaly_lite.backbones.base import Backbone
-from tipsomaly_lite.backbones import DEFAULT_VARIANT, load_backbone
+from tipsomaly_lite.backbones import get_family, load_backbone
 from tipsomaly_lite.data.toy_data import make_toy_dataset
 from tipsomaly_lite.eval.protocol import prompts_trained_on
 
@@ -265,13 +265,15 @@ def _size(variant: str) -> str:
     return f"~{gb:g} GB" if gb else "several GB"
 
 
-def _load_model(variant: str, offline: bool | None, image_size: int, device: torch.device,
-                notes: list[str], download: bool | None = None) -> Backbone:
-    from tipsomaly_lite.backbones.tips.registry import VARIANTS, variant_is_cached
+def _load_model(variant: str, offline: bool | None, image_size: int | None, device: torch.device,
+                notes: list[str], download: bool | None = None, family: str = "tips") -> Backbone:
+    from tipsomaly_lite.backbones.tips.registry import VARIANTS as TIPS_VARIANTS, variant_is_cached
 
     if offline or (offline is None and offline_forced()):
         notes.append("offline mode " + ("asked for by the notebook" if offline else "forced by TIPSOMALY_OFFLINE"))
-        return load_backbone("tiny", image_size=image_size, device=device)
+        return load_backbone("tiny", family=family, image_size=image_size, device=device)
+    # The download and cache notes below know TIPS's files; other families go straight to their loader.
+    VARIANTS = TIPS_VARIANTS if family == "tips" else {}
     kwargs: dict = {}
     if variant in VARIANTS and not variant_is_cached(variant) and not download_allowed(download):
         if offline is False:
@@ -280,16 +282,17 @@ def _load_model(variant: str, offline: bool | None, image_size: int, device: tor
             notes.append(f"TIPS {variant} ({_size(variant)}) is not in the cache and downloading was not asked for: "
                          f"offline mode. To use it, run `tipsomaly fetch {variant}` in a terminal, or set "
                          f"DOWNLOAD = True in the parameters cell (start(download=True), or {DOWNLOAD_ENV}=1)")
-            return load_backbone("tiny", image_size=image_size, device=device)
+            return load_backbone("tiny", family=family, image_size=image_size, device=device)
     if variant in VARIANTS and not variant_is_cached(variant) and "download" not in kwargs:
         print(f"Downloading TIPS {variant} ({_size(variant)}) into the cache, once ...", flush=True)
     try:
-        return load_backbone(variant, image_size=image_size, device=device, **kwargs)
+        return load_backbone(variant, family=family, image_size=image_size, device=device, **kwargs)
     except (FileNotFoundError, DownloadError) as err:
         if offline is False:
             raise
-        notes.append(f"TIPS {variant} is neither cached nor downloadable ({type(err).__name__}); offline mode")
-        return load_backbone("tiny", image_size=image_size, device=device)
+        notes.append(f"{family.upper()} {variant} is neither cached nor downloadable ({type(err).__name__}); "
+                     "offline mode")
+        return load_backbone("tiny", family=family, image_size=image_size, device=device)
 
 
 def _cpu_note(model: Backbone, device: torch.device, image_size: int) -> str | None:
@@ -302,7 +305,8 @@ def _cpu_note(model: Backbone, device: torch.device, image_size: int) -> str | N
             "Change runtime type → GPU), or use a smaller IMAGE_SIZE or a smaller variant")
 
 
-def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_size: int = 518,
+def start(*, offline: bool | None = None, variant: str | None = None, image_size: int | None = None,
+          backbone: str = "tips",
           dataset: str = "mvtec", auxiliary: str | None = None, data_root: str | os.PathLike | None = None,
           seed: int = 111, device: str | torch.device = "auto", download: bool | None = None,
           verbose: bool = True) -> Course:
@@ -314,7 +318,8 @@ def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_
         download: may missing weights be downloaded? None: only in Colab or with
             ``TIPSOMALY_DOWNLOAD=1`` (otherwise offline mode, with a note on how to get them).
         variant: TIPS variant (default the paper's ``l14-hr``).
-        image_size: input side in pixels (518 in the paper).
+        image_size: input side in pixels; None: the backbone's default (TIPS: 518, the paper's).
+        backbone: the backbone family (``"tips"``, ``"clip"``, ``"siglip2"``...), default the paper's TIPS.
         dataset: the evaluated dataset key (``mvtec``, ``visa``...).
         auxiliary: the dataset the prompts train on (default: the paper's protocol).
         data_root: prepared datasets (default :func:`default_data_root`).
@@ -333,7 +338,9 @@ def start(*, offline: bool | None = None, variant: str = DEFAULT_VARIANT, image_
     dev = pick_device(device)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     notes: list[str] = []
-    model = _load_model(variant, offline, image_size, dev, notes, download)
+    variant = variant or get_family(backbone).default_variant
+    model = _load_model(variant, offline, image_size, dev, notes, download, family=backbone)
+    image_size = model.image_size  # the backbone owns its input side
     is_offline = model.is_offline
     cpu = _cpu_note(model, dev, image_size)
     if cpu:

@@ -4,8 +4,6 @@ An entry (:class:`DatasetSource`) holds a benchmark's key, name, where it is pub
 its class folders and the published test counts; :data:`CLASS_WORDS` holds the prompt words that
 differ from the generic rule. A new benchmark is one entry here plus its layout reader in
 :mod:`tipsomaly_lite.data.prepare`.
-
-Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations

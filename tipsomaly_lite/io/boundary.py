@@ -4,8 +4,6 @@
   the file or flag and what was expected, exit code 2.
 - Anything else is a bug: one line with the path of a log file that holds the traceback, exit code 1.
 - Another process of a torchrun run failed: this one stops quietly (that one said why), exit code 2.
-
-Taught in notebooks/07_your_own_images.ipynb.
 """
 
 from __future__ import annotations

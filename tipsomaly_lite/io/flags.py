@@ -3,8 +3,6 @@
 Each value below is an argparse ``type``: it turns the text of a flag into a number or raises
 :class:`argparse.ArgumentTypeError`, which argparse prints as one line naming the flag (exit code 2).
 Every numeric flag is bounded above, so no flag can ask for unbounded memory or time.
-
-Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations

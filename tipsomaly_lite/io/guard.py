@@ -10,8 +10,6 @@ it and which files it wrote. The rules, used by every command:
    :func:`finish_folder`); a folder holding anything else is refused with the names of what it holds.
 3. ``--overwrite`` replaces only a marked folder, and only when every file in it is one the marker
    lists (:func:`check_replaceable`); a user's file in it is named in the error, never deleted.
-
-Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ checked here, in one place: a regular file (a FIFO would block the read forever)
 :data:`MAX_BYTES`, UTF-8, nested at most :data:`MAX_DEPTH` deep, finite numbers only (``NaN`` and
 ``Infinity`` are not JSON), and the top-level type the caller expects. Every failure is one
 :class:`JSONFileError` naming the file and what was expected.
-
-Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations

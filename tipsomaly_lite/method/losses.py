@@ -9,6 +9,12 @@ Focal works on probabilities (not logits) with γ = 2 and no α weighting; Dice 
 per-image soft Dice averaged over the batch. Both follow the authors' code exactly, including its
 1e-5 label smoothing, so a loss value can be compared with their logs (≈1.00 → 0.85 on MVTec).
 
+:func:`segmentation_loss` is the one definition (autograd gives its gradient).
+:func:`fused_segmentation_loss` is an optimisation of it, not a second definition: the same value
+and gradient derived by hand, in a quarter of the passes over the pixels. Training uses it while
+``tipsomaly_lite.method.training.FUSED_GRADIENT`` is True (the default); tests/test_losses.py checks
+it against autograd through :func:`segmentation_loss`, and ``benchmarks/bench_training.py`` times both.
+
 Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
@@ -17,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["LOSS_TERMS", "dice_loss", "focal_loss", "segmentation_loss", "segmentation_loss_terms",
-           "fused_segmentation_loss"]
+__all__ = ["LOSS_TERMS", "dice_loss", "focal_loss", "segmentation_loss", "fused_segmentation_loss"]
 
 #: The three terms of the loss, in the order of Eq. ``loss = Focal + Dice_anomalous + Dice_normal``.
 LOSS_TERMS = ("focal", "dice_anomalous", "dice_normal")
@@ -101,13 +106,18 @@ def dice_loss(probs: Tensor, target: Tensor) -> Tensor:
     return 1 - dice.mean()
 
 
-def segmentation_loss(probs: Tensor, mask: Tensor) -> Tensor:
-    """The training loss: ``Focal(P, mask) + Dice(P_anomalous, mask) + Dice(P_normal, 1 - mask)``.
+def segmentation_loss(probs: Tensor, mask: Tensor, terms: dict[str, float] | None = None) -> Tensor:
+    """The training loss, docs/method.md Eq. 7: ``Focal(P, mask) + Dice(P_anomalous, mask) + Dice(P_normal, 1 - mask)``.
+
+    This is the definition; :func:`fused_segmentation_loss` is a faster re-derivation of its value
+    and gradient that training uses by default (``tipsomaly_lite.method.training.FUSED_GRADIENT``).
 
     Args:
         probs: ``(B, 2, H, W)`` patch probabilities upsampled to the mask size (bilinear,
             ``align_corners=False``, no smoothing), channel 0 = normal, 1 = anomalous.
         mask: ``(B, 1, H, W)`` or ``(B, H, W)`` ground truth in {0, 1}.
+        terms: when given, the three terms (:data:`LOSS_TERMS`, Python floats) are *added* to it, so
+            a caller can sum them over several calls (the images of a batch, say).
     Returns:
         Scalar tensor.
     Raises:
@@ -116,23 +126,18 @@ def segmentation_loss(probs: Tensor, mask: Tensor) -> Tensor:
     """
     _check_probs(probs)
     target = _as_mask(mask, probs[:, 0])
-    return focal_loss(probs, target) + dice_loss(probs[:, 1], target) + dice_loss(probs[:, 0], 1 - target)
+    focal = focal_loss(probs, target)
+    dice_anomalous = dice_loss(probs[:, 1], target)
+    dice_normal = dice_loss(probs[:, 0], 1 - target)
+    if terms is not None:
+        _add_terms(terms, focal, dice_anomalous, dice_normal)
+    return focal + dice_anomalous + dice_normal
 
 
-def segmentation_loss_terms(probs: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """The three terms of :func:`segmentation_loss`, separately (they add up to it).
-
-    Args:
-        probs: ``(B, 2, H, W)`` as for :func:`segmentation_loss`.
-        mask: ``(B, 1, H, W)`` or ``(B, H, W)`` in {0, 1}.
-    Returns:
-        ``{"focal", "dice_anomalous", "dice_normal"}`` (:data:`LOSS_TERMS`), scalar tensors:
-        ``Focal(P, mask)``, ``Dice(P_anomalous, mask)``, ``Dice(P_normal, 1 - mask)``.
-    """
-    _check_probs(probs)
-    target = _as_mask(mask, probs[:, 0])
-    return {"focal": focal_loss(probs, target), "dice_anomalous": dice_loss(probs[:, 1], target),
-            "dice_normal": dice_loss(probs[:, 0], 1 - target)}
+def _add_terms(terms: dict[str, float], *values: Tensor) -> None:
+    """Add the three loss terms, in :data:`LOSS_TERMS` order, to ``terms`` as Python floats."""
+    for key, value in zip(LOSS_TERMS, values):
+        terms[key] = terms.get(key, 0.0) + float(value.detach())
 
 
 class _FusedSegmentationLoss(torch.autograd.Function):
@@ -141,6 +146,7 @@ class _FusedSegmentationLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, target: Tensor, smooth: float,  # type: ignore[override]
                 terms: dict[str, float] | None) -> Tensor:
+        """Loss of ``u (B, H, W)`` against ``target (B, H, W)``; saves ``d loss / d u (B, H, W)`` for backward."""
         b, n_pixels = u.shape[0], u.numel()
         a = 1 - 2 * smooth
         au = a * u
@@ -165,9 +171,7 @@ class _FusedSegmentationLoss(torch.autograd.Function):
         ratio_n = (2 * inter_n + 1) / den_n
         dice = (1 - ratio_a.mean()) + (1 - ratio_n.mean())
         if terms is not None:  # the per-term values come for free from the sums above
-            for key, value in (("focal", focal), ("dice_anomalous", 1 - ratio_a.mean()),
-                               ("dice_normal", 1 - ratio_n.mean())):
-                terms[key] = terms.get(key, 0.0) + float(value)
+            _add_terms(terms, focal, 1 - ratio_a.mean(), 1 - ratio_n.mean())
         # Both Dice gradients are linear in t: d/du = (slope t + offset) per image.
         slope = (-2 / den_a - 2 / den_n) / b
         offset = (ratio_a / den_a + 2 / den_n - ratio_n / den_n) / b
@@ -178,7 +182,8 @@ class _FusedSegmentationLoss(torch.autograd.Function):
         return focal + dice
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        """The saved ``(B, H, W)`` gradient times the scalar upstream gradient; none for the other inputs."""
         (grad,) = ctx.saved_tensors
         return grad_output * grad, None, None, None
 
@@ -187,11 +192,12 @@ def fused_segmentation_loss(anomalous: Tensor, mask: Tensor, smooth: float = 1e-
                             terms: dict[str, float] | None = None) -> Tensor:
     """``segmentation_loss(stack([1 - u, u], 1), mask)`` with the same value and gradient, in far fewer passes.
 
-    Training calls this once per image per step on the upsampled anomalous probability only
-    (the normal one is ``1 - u``: the two softmax outputs sum to 1 and bilinear upsampling keeps
-    that); the readable :func:`segmentation_loss` is the definition, and a test checks that the
-    two agree. The mask is not checked for values other than 0 and 1 (the feature cache stores
-    binary masks).
+    An optimisation of :func:`segmentation_loss` (the definition): the gradient is derived by
+    hand and computed in the forward pass. It takes only the anomalous probability ``u``; the
+    normal one is ``1 - u`` (the two softmax outputs sum to 1, and bilinear upsampling keeps
+    that). Training calls it once per image per step while
+    ``tipsomaly_lite.method.training.FUSED_GRADIENT`` is True. The mask is not checked for values
+    other than 0 and 1 (the feature cache stores binary masks).
 
     Args:
         anomalous: ``(B, H, W)`` anomalous-class probabilities ``u``.

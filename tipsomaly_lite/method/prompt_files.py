@@ -3,8 +3,6 @@
 :func:`load_prompts` is what ``--prompts``, ``--released`` and ``--init-prompts`` read, in one
 place; :func:`run_settings` reads the ``train`` settings a run folder recorded, so learned prompts
 keep the sentences (prompt set) they were trained with.
-
-Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations

@@ -1,20 +1,16 @@
-"""Training the learnable pixel prompts on an auxiliary dataset, with checkpoints and resume (docs/method.md §2.3).
+"""Training the learnable pixel prompts on an auxiliary dataset (docs/method.md §2.3).
 
-One step: text features from the :class:`~tipsomaly_lite.method.prompt_learner.PromptLearner` ->
-patch probabilities for the (cached, frozen) patch tokens -> bilinear upsampling to the input
-size -> ``Focal + Dice(anomalous, mask) + Dice(normal, 1 - mask)`` -> Adam on the prompts only.
+One step (:func:`backward_step`): text features from the
+:class:`~tipsomaly_lite.method.prompt_learner.PromptLearner` -> patch probabilities for the
+(cached, frozen) patch tokens (Eq. 3) -> bilinear upsampling to the input size ->
+``Focal + Dice(anomalous, mask) + Dice(normal, 1 - mask)`` (Eq. 7,
+:func:`~tipsomaly_lite.method.losses.segmentation_loss`) -> Adam on the prompts only.
+:func:`train_prompts` repeats it over the batches of every epoch. The data order of an epoch
+depends only on ``(seed, epoch)``, so a resumed run equals an uninterrupted one; a NaN/inf loss or
+prompt stops training before anything of that epoch is saved.
 
-A run folder holds ``config.json`` (everything needed to reproduce it), ``history.json`` (the
-loss of every step) and ``checkpoints/epoch_NNN.safetensors`` (prompts + Adam state, no pickle),
-all written atomically. Calling :func:`train_prompts` again on the same folder resumes after the
-last checkpoint; the data order of an epoch depends only on ``(seed, epoch)``, so a resumed run
-equals an uninterrupted one.
-
-Fail closed: a run is resumed only when the data, classes, image size, backbone weights
-(fingerprint) and settings recorded in its ``config.json`` match; the folder is locked
-(``train.lock``, released by the OS when the trainer exits or dies) so a second trainer is refused;
-each checkpoint carries the loss rows of every step so far, so a kill at any point loses no step;
-and a NaN/inf loss or prompt stops training before anything of that epoch is saved.
+The run folder (config, history, checkpoints, lock, resume checks) is
+:mod:`tipsomaly_lite.method.run_folder`'s job; this module only calls it.
 
 Several processes (``torchrun``, :mod:`tipsomaly_lite.distributed`) share each batch: every process
 encodes its share of the batch's images and sums the prompt gradient with the others
@@ -29,40 +25,39 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import math
 import os
-import platform
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tipsomaly_lite import __version__, distributed
-from tipsomaly_lite.io.atomic import LockedError, atomic_file, file_lock
+from tipsomaly_lite import distributed
+from tipsomaly_lite.backbones.base import Backbone
+from tipsomaly_lite.method import run_folder
 from tipsomaly_lite.method.feature_cache import FeatureCache
 from tipsomaly_lite.method.losses import LOSS_TERMS, fused_segmentation_loss, segmentation_loss
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 from tipsomaly_lite.method.scoring import patch_probabilities
-from tipsomaly_lite.backbones.base import Backbone
 
 __all__ = ["TrainConfig", "TrainResult", "training_loss", "backward_step", "bilinear_matrix", "train_prompts",
-           "load_trained_prompts", "latest_checkpoint", "flush_denormals", "CHECKPOINT_FORMAT", "MEMORY_CACHE_LIMIT"]
+           "flush_denormals", "FUSED_GRADIENT", "MEMORY_CACHE_LIMIT"]
 
-CHECKPOINT_FORMAT = "tipsomaly_lite.method.prompts/1"
 #: ``cache="auto"`` keeps the frozen features in memory up to this many bytes, on disk beyond.
 MEMORY_CACHE_LIMIT = 2 * 2**30
-_CKPT = re.compile(r"epoch_(\d+)\.safetensors$")
+#: The one switch of the loss's gradient in training. True (default): the hand-derived gradient of
+#: :func:`~tipsomaly_lite.method.losses.fused_segmentation_loss`, several times faster per step
+#: (``benchmarks/bench_training.py`` measures it) and what every released run was trained with.
+#: False: autograd through the readable definition,
+#: :func:`~tipsomaly_lite.method.losses.segmentation_loss`. The two give the same loss and gradient
+#: up to float rounding (tests/test_losses.py), so prompts differ only in the last bits.
+FUSED_GRADIENT = True
 
 
 @dataclass
@@ -76,6 +71,9 @@ class TrainConfig:
     ``shuffle`` False (default) visits the images in dataset order, the same every epoch, as the
     authors' training loader does; True reshuffles every epoch (the order depends only on
     ``(seed, epoch)``, so a resumed run equals an uninterrupted one). See docs/method.md §2.3.
+
+    A run folder is resumed only with the same settings, except ``epochs`` and the cache ones
+    (:mod:`tipsomaly_lite.method.run_folder`).
 
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
@@ -101,9 +99,6 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
 
-    # What must match for a run folder to be resumed (the cache settings may change freely).
-    _RESUME_KEYS = ("lr", "betas", "batch_size", "seed", "n_tokens", "prompt_set", "class_word", "shuffle")
-
 
 @dataclass
 class TrainResult:
@@ -121,14 +116,18 @@ class TrainResult:
     seconds: float = 0.0
 
     def prompts(self) -> tuple[Tensor, Tensor]:
+        """The trained ``(normal (n, D), anomalous (n, D))``."""
         return self.learner.prompts()
 
 
 def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, temperature: float,
                   grid: tuple[int, int]) -> Tensor:
-    """The loss of one batch (differentiable in the prompts).
+    """The loss of one batch (differentiable in the prompts), written as the paper states it.
+
+    :func:`backward_step` computes the same loss and gradient faster; this is its reference.
 
     Args:
+        learner: returns the text features ``(2, D)`` (normal, anomalous).
         patch_tokens: ``(B, N, D)`` L2-normalised, frozen.
         masks: ``mask (B, 1, S, S)`` in {0, 1}.
         temperature: the backbone's softmax temperature.
@@ -164,21 +163,30 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
 
     The same value and prompt gradients as ``training_loss(...).backward()`` (the loss is a mean
     of per-image terms), but the 518 x 518 maps of one image at a time stay in the CPU cache
-    instead of eight at once in memory, the bilinear upsampling is done as two small matrix
-    products (whose backward pass is much faster than ``upsample_bilinear2d``'s) and the loss by
-    :func:`~tipsomaly_lite.method.losses.fused_segmentation_loss` (same value and gradient, fewer
-    passes). The text tower runs once per step; its gradient is collected on a detached copy of
-    the text features and pushed through once.
-
-    ``terms``, when given, receives the batch's three loss terms (``focal``, ``dice_anomalous``,
-    ``dice_normal``; they add up to the returned loss).
+    instead of eight at once in memory, and the bilinear upsampling is done as two small matrix
+    products (whose backward pass is much faster than ``upsample_bilinear2d``'s). The loss's
+    gradient is hand-derived or autograd's as :data:`FUSED_GRADIENT` says. The text tower runs
+    once per step; its gradient is collected on a detached copy of the text features and pushed
+    through once.
 
     Several processes (:mod:`tipsomaly_lite.distributed`) each hold a share of one batch: they pass
-    the whole batch's ``batch_size`` (the mean's denominator; default: this call's ``B``, which may
-    be 0 for a process with no share) and ``all_reduce`` (sums a tensor over the processes in
-    place). The ``(2, D)`` gradient of the text features and the loss terms are then summed before
-    the text tower's backward pass, so every process gets the whole batch's loss and prompt
-    gradient, as one process would (up to float summation order).
+    the whole batch's ``batch_size`` and ``all_reduce``. The ``(2, D)`` gradient of the text
+    features and the loss terms are then summed before the text tower's backward pass, so every
+    process gets the whole batch's loss and prompt gradient, as one process would (up to float
+    summation order).
+
+    Args:
+        learner: returns the text features ``(2, D)``; its prompts receive the gradient.
+        patch_tokens: ``(B, N, D)`` L2-normalised, frozen (``B`` may be 0 for a process with no share).
+        masks: ``(B, 1, S, S)`` in {0, 1}.
+        temperature: the backbone's softmax temperature.
+        grid: ``(gh, gw)`` with ``gh * gw = N``.
+        terms: when given, receives the batch's three loss terms (``focal``, ``dice_anomalous``,
+            ``dice_normal``; they add up to the returned loss).
+        batch_size: the whole batch's size, the mean's denominator (default: ``B``).
+        all_reduce: sums a tensor over the processes in place (default: one process).
+    Returns:
+        The batch's loss, a Python float.
     """
     b, n, _ = patch_tokens.shape
     if grid[0] * grid[1] != n:
@@ -190,10 +198,15 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     total = 0.0
     per_image = dict.fromkeys(LOSS_TERMS, 0.0)
     for i in range(b):
-        # Only the anomalous channel: the normal one is 1 - it (see fused_segmentation_loss).
-        probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature)[..., 1]
-        probs = rows @ probs.reshape(1, *grid) @ cols.T  # = F.interpolate(bilinear), as two GEMMs
-        loss = fused_segmentation_loss(probs, masks[i:i + 1], terms=per_image) / denominator
+        # Only the anomalous channel u: the normal one is 1 - u (the softmax's two outputs sum to 1,
+        # and bilinear upsampling keeps that).
+        u = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature)[..., 1]
+        u = rows @ u.reshape(1, *grid) @ cols.T  # (1, S, S) = F.interpolate(bilinear), as two GEMMs
+        if FUSED_GRADIENT:
+            loss = fused_segmentation_loss(u, masks[i:i + 1], terms=per_image)
+        else:
+            loss = segmentation_loss(torch.stack([1 - u, u], dim=1), masks[i:i + 1], terms=per_image)
+        loss = loss / denominator
         loss.backward()
         total += float(loss.detach())
     grad = text_leaf.grad if text_leaf.grad is not None else torch.zeros_like(text_leaf)
@@ -224,186 +237,15 @@ def flush_denormals() -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The highest-epoch ``checkpoints/epoch_NNN.safetensors`` of a run folder, or None.
-
-    Taught in notebooks/04_learnable_pixel_prompts.ipynb.
-    """
-    found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").glob("epoch_*.safetensors")
-             if (m := _CKPT.search(p.name))]
-    return max(found)[1] if found else None
-
-
-def _checkpoint_path(run_dir: Path, epoch: int) -> Path:
-    return run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors"
-
-
-def _save_epoch(run_dir: Path, epoch: int, learner: PromptLearner, optimizer: torch.optim.Adam,
-                result: TrainResult) -> None:
-    """history.json, then the epoch's checkpoint.
-
-    history.json first: a kill between the two leaves it ahead of the checkpoint (a resume drops
-    the extra rows), never behind; the checkpoint also carries the rows itself.
-    """
-    _write_json(run_dir / "history.json", {"steps": result.history, "epoch_losses": result.epoch_losses})
-    _save_checkpoint(run_dir, epoch, learner, optimizer, result.history)
-
-
-def _save_checkpoint(run_dir: Path, epoch: int, learner: PromptLearner, optimizer: torch.optim.Adam,
-                     history: list[dict[str, float]] | None = None) -> Path:
-    tensors = {"normal": learner.normal.detach().cpu().contiguous(),
-               "anomalous": learner.anomalous.detach().cpu().contiguous()}
-    for i, param in enumerate((learner.normal, learner.anomalous)):
-        for name, value in optimizer.state.get(param, {}).items():
-            tensors[f"adam.{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    for name, value in tensors.items():  # a NaN checkpoint would poison every later resume
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"epoch {epoch}: {name} is not finite; no checkpoint written")
-    metadata = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch)}
-    if history is not None:
-        # The steps so far travel with the prompts, so a kill between this file and history.json loses none.
-        metadata["history"] = json.dumps(history)
-    data = save_safetensors_bytes(tensors, metadata=metadata)
-    path = _checkpoint_path(run_dir, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
-        f.write(data)
-    return path
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], int]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT or "normal" not in tensors or "anomalous" not in tensors:
-        raise ValueError(f"{path}: not a tipsomaly_lite prompt checkpoint (format {meta.get('format')!r})")
-    for name in ("normal", "anomalous"):
-        if not bool(torch.isfinite(tensors[name].float()).all()):
-            raise ValueError(f"{path}: the {name} prompts hold NaN or inf; refused")
-    return tensors, int(meta.get("epoch", 0))
-
-
-def _checkpoint_history(path: Path) -> list[dict[str, float]] | None:
-    """The step rows saved inside a checkpoint (None for checkpoints written without them)."""
-    with safe_open(str(path), framework="pt") as f:
-        text = (f.metadata() or {}).get("history")
-    return None if text is None else json.loads(text)
-
-
-def load_trained_prompts(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
-    """Prompts ``(normal (n, D), anomalous (n, D))`` from a run folder (its last epoch) or a checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise FileNotFoundError(f"{path}: no checkpoints/epoch_NNN.safetensors in this run folder")
-        path = ckpt
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt checkpoint not found: {path}")
-    tensors, _ = _read_checkpoint(path)
-    return tensors["normal"].float(), tensors["anomalous"].float()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_file(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-
-
-def _samples_digest(dataset: Any) -> str | None:
-    """A short hash of the dataset's item list (image, mask, label), or None for other datasets."""
-    samples = getattr(dataset, "samples", None)
-    if samples is None:
-        return None
-    rows = [[row.get("img_path"), row.get("mask_path"), row.get("anomaly")] for row in samples]
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-
-def _run_config(model: Backbone, dataset: Any, config: TrainConfig) -> dict[str, Any]:
-    classes = getattr(dataset, "classes", None)
-    return {"train": asdict(config), "backbone": model.family, "variant": model.variant,
-            "model_source": model.source, "backbone_fingerprint": model.fingerprint(),
-            "offline_model": model.is_offline, "image_size": int(dataset.image_size),
-            "dataset": str(getattr(dataset, "root", "?")), "dataset_key": getattr(dataset, "key", None),
-            "classes": None if classes is None else list(classes), "samples": _samples_digest(dataset),
-            "n_images": len(dataset), "temperature": model.temperature, "tipsomaly_lite": __version__,
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
-#: What must match between a run folder's config.json and this call for the run to be resumed
-#: (besides the training settings of TrainConfig._RESUME_KEYS; the epochs and cache may change).
-_RESUME_FACTS = ("dataset", "dataset_key", "classes", "samples", "n_images", "image_size", "variant",
-                 "backbone_fingerprint")
-
-
-def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:
-    """Refuse to resume a run folder whose recorded data, model or settings differ from this call's."""
-    how = "pass --no-resume (resume=False) to start again in this folder, or use a new --out folder"
-    path = run_dir / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-        saved_train = saved["train"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot resume: the run's config is missing or unreadable "
-                         f"({type(exc).__name__}: {exc}); {how}") from exc
-    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples == lists
-    diff = {k: (saved_train.get(k), ours["train"][k]) for k in TrainConfig._RESUME_KEYS
-            if not same(saved_train.get(k), ours["train"][k])}
-    diff.update({k: (saved.get(k, "(not recorded)"), ours[k]) for k in _RESUME_FACTS if not same(saved.get(k), ours[k])})
-    if diff:
-        shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
-        raise ValueError(f"{run_dir}: cannot resume, this run was made with other settings, data or model ({shown}); "
-                         f"{how}")
-
-
-def _epoch_losses(history: list[dict[str, float]], epochs: int) -> list[float]:
-    """Mean loss of each epoch 1..epochs, from the step rows."""
-    return [float(np.mean([r["loss"] for r in history if r["epoch"] == e])) for e in range(1, epochs + 1)]
-
-
-@contextlib.contextmanager
-def _locked_run(run_dir: Path | None) -> Iterator[None]:
-    """Hold the run folder's lock: a second training on the same folder is refused, not interleaved."""
-    if run_dir is None:
-        yield
-        return
-    try:
-        lock = file_lock(run_dir / "train.lock", wait=False, what="this run folder")
-        lock.__enter__()
-    except LockedError as exc:
-        raise ValueError(f"{exc.args[0]} (another `tipsomaly train` on the same --out?)") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
-
-
 def _stop_if_not_finite(what: str, value: float | Tensor, epoch: int, step: int, run_dir: Path | None) -> None:
     """Stop training with a clear error when a loss or the prompts hold NaN or inf (nothing is saved)."""
     ok = math.isfinite(value) if isinstance(value, float) else bool(torch.isfinite(value).all())
     if ok:
         return
-    last = latest_checkpoint(run_dir) if run_dir is not None else None
+    last = run_folder.latest_checkpoint(run_dir) if run_dir is not None else None
     kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written"
     raise ValueError(f"training diverged at epoch {epoch}, step {step + 1}: {what} is not finite (NaN or inf); "
                      f"stopped, {kept}. Lower the learning rate (--lr) or check the images and masks")
-
-
-def _resumed_history(run_dir: Path, checkpoint: Path, done: int, n_batches: int) -> list[dict[str, float]]:
-    """Every step row of epochs 1..done: from the checkpoint itself, else (older checkpoints) history.json."""
-    rows = _checkpoint_history(checkpoint)
-    if rows is None and (run_dir / "history.json").is_file():
-        rows = json.loads((run_dir / "history.json").read_text())["steps"]
-    rows = [row for row in rows or [] if row["epoch"] <= done]
-    counts = [sum(1 for r in rows if r["epoch"] == e) for e in range(1, done + 1)]
-    if counts != [n_batches] * done:
-        raise ValueError(f"{run_dir / 'history.json'}: the loss history of epochs 1..{done} is incomplete "
-                         f"({counts} steps, expected {n_batches} each); pass --no-resume (resume=False) to "
-                         "start again, or use a new --out folder")
-    return rows
 
 
 def _initial_prompts(prompts: Any, n_tokens: int) -> dict[str, Tensor]:
@@ -419,51 +261,6 @@ def _initial_prompts(prompts: Any, n_tokens: int) -> dict[str, Tensor]:
     if not (bool(torch.isfinite(normal).all()) and bool(torch.isfinite(anomalous).all())):
         raise ValueError("initial_prompts hold NaN or inf")
     return {"normal": normal, "anomalous": anomalous}
-
-
-def _describe_start(start: dict[str, Tensor], seed: int) -> str:
-    """How the prompts started, for config.json: the seeded random start or a digest of the given ones."""
-    if not start:
-        return f"random: randn * 0.02 from torch.Generator().manual_seed({seed})"
-    digest = hashlib.sha256(b"".join(start[k].numpy().tobytes() for k in ("normal", "anomalous"))).hexdigest()
-    return f"given: sha256 {digest[:16]} of the float32 (normal, anomalous)"
-
-
-def _open_run(run_dir: Path, model: Backbone, dataset: Any, config: TrainConfig, start: dict[str, Tensor],
-              resume: bool, learner: PromptLearner, optimizer: torch.optim.Adam, result: TrainResult) -> int:
-    """Prepare the run folder: clear it (``resume=False``) or resume its last checkpoint; write config.json.
-
-    Returns:
-        The epochs already done (0 for a fresh start); ``learner``, ``optimizer`` and ``result``
-        hold the resumed state.
-    """
-    done = 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a fresh start must not leave older epochs that a later resume would pick up
-        for old in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
-            old.unlink()
-        (run_dir / "history.json").unlink(missing_ok=True)
-    last = latest_checkpoint(run_dir)
-    run_config = _run_config(model, dataset, config)
-    run_config["initial_prompts"] = _describe_start(start, config.seed)
-    run_config["world_size"] = distributed.world()[1]  # processes sharing each batch (may change on resume)
-    if last is not None:
-        _check_resumable(run_dir, run_config)
-        tensors, done = _read_checkpoint(last)
-        with torch.no_grad():
-            learner.normal.copy_(tensors["normal"])
-            learner.anomalous.copy_(tensors["anomalous"])
-        for i, param in enumerate((learner.normal, learner.anomalous)):
-            state = {k.split(".")[-1]: v if k.endswith(".step") else v.to(param.device)
-                     for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
-            if state:
-                optimizer.state[param] = state
-        result.history = _resumed_history(run_dir, last, done, n_batches=-(-len(dataset) // config.batch_size))
-        result.epoch_losses = _epoch_losses(result.history, done)
-        result.checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.safetensors"))
-        result.resumed_from = done
-    _write_json(run_dir / "config.json", run_config)
-    return done
 
 
 def _share_start(learner: PromptLearner, optimizer: torch.optim.Adam, result: TrainResult, model: Backbone) -> None:
@@ -501,6 +298,50 @@ def _batch(model: Backbone, dataset: Any, cache: FeatureCache | None, idx: list[
     return tokens, torch.stack([it["mask"] for it in items]).to(model.device)
 
 
+def _start(folder: Path | None, model: Backbone, dataset: Any, config: TrainConfig, start: dict[str, Tensor],
+           resume: bool, learner: PromptLearner, optimizer: torch.optim.Adam) -> TrainResult:
+    """Fresh or resumed from the run folder's last checkpoint (into ``learner`` and ``optimizer``).
+
+    Under torchrun rank 0 opens the run folder (a refusal there stops every process) and every
+    process then starts from rank 0's state.
+    """
+    resumed = None
+    if folder is not None:
+        resumed = distributed.main_only(run_folder.open_run, folder, model, dataset, config, start, resume=resume,
+                                        learner=learner, optimizer=optimizer)
+    resumed = resumed or run_folder.Resumed()
+    result = TrainResult(learner, history=resumed.history, epoch_losses=resumed.epoch_losses,
+                         checkpoints=resumed.checkpoints, resumed_from=resumed.epochs_done)
+    if distributed.world()[1] > 1:
+        _share_start(learner, optimizer, result, model)
+    return result
+
+
+def _feature_cache(model: Backbone, dataset: Any, config: TrainConfig, folder: Path | None,
+                   progress: bool) -> FeatureCache | None:
+    """The frozen-feature cache ``config.cache`` asks for (None for ``"none"``)."""
+    if config.cache == "none":
+        return None
+    where = config.cache
+    grid = model.patch_grid(int(dataset.image_size))
+    if where == "auto":
+        # L/14 at 518 px in fp16 is 2.8 MB per image: MVTec AD's 1,725 test images take 4.8 GB.
+        per_image = grid[0] * grid[1] * model.text_width * (2 if config.cache_dtype == "float16" else 4)
+        big = per_image * len(dataset) > MEMORY_CACHE_LIMIT
+        where = "disk" if big and folder is not None else "memory"
+    # Every process encodes and caches its own images (content-keyed files, written atomically).
+    return FeatureCache(model, int(dataset.image_size),
+                        folder=folder / "feature_cache" if where == "disk" and folder else None, progress=progress,
+                        dtype=torch.float16 if config.cache_dtype == "float16" else torch.float32)
+
+
+def _epoch_order(n: int, config: TrainConfig, epoch: int) -> Tensor:
+    """The ``(n,)`` item order of an epoch; a shuffle depends only on ``(seed, epoch)``, so resumes repeat it."""
+    if config.shuffle:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+    return torch.arange(n)  # the authors' loader: dataset order, the same every epoch
+
+
 def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = None,
                   out_dir: str | os.PathLike | None = None, *, resume: bool = True, cache: FeatureCache | None = None,
                   progress: bool = True, on_step: Callable[[dict[str, float]], None] | None = None,
@@ -512,7 +353,8 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
         dataset: items with ``image (3, S, S)`` and ``mask (1, S, S)``, e.g. an
             :class:`~tipsomaly_lite.data.datasets.AnomalyDataset` (the paper trains on MVTec AD's test split).
         config: hyper-parameters (default: the paper's).
-        out_dir: run folder for config, history and per-epoch checkpoints; None keeps nothing on disk.
+        out_dir: run folder for config, history and per-epoch checkpoints
+            (:mod:`~tipsomaly_lite.method.run_folder`); None keeps nothing on disk.
         resume: continue from the last checkpoint in ``out_dir`` when there is one.
         cache: a :class:`FeatureCache` to reuse (e.g. across runs); by default one is made as
             ``config.cache`` says.
@@ -533,7 +375,7 @@ def train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = No
     Taught in notebooks/04_learnable_pixel_prompts.ipynb.
     """
     # Under torchrun only rank 0 writes the run folder (and holds its lock); see _train_prompts.
-    with _locked_run(None if out_dir is None or not distributed.is_main() else Path(out_dir)):
+    with run_folder.locked_run(None if out_dir is None or not distributed.is_main() else Path(out_dir)):
         return _train_prompts(model, dataset, config, out_dir, resume=resume, cache=cache, progress=progress,
                               on_step=on_step, initial_prompts=initial_prompts)
 
@@ -551,39 +393,21 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
     grid = model.patch_grid(size)
     rank, world_size = distributed.world()
     folder = Path(out_dir) if out_dir is not None else None
+    # The learnable prompts (Eq. 4) are the only parameters; the backbone stays frozen.
     start = _initial_prompts(initial_prompts, config.n_tokens)
     learner = PromptLearner(model, config.n_tokens, config.prompt_set, config.class_word,
                             generator=torch.Generator().manual_seed(config.seed), **start)
     optimizer = torch.optim.Adam([learner.normal, learner.anomalous], lr=config.lr, betas=config.betas)
-    result = TrainResult(learner)
-    done = 0
-    if folder is not None:  # rank 0 opens the run folder; a refusal there stops every process
-        done = distributed.main_only(_open_run, folder, model, dataset, config, start, resume, learner, optimizer,
-                                     result) or 0
-    if world_size > 1:
-        _share_start(learner, optimizer, result, model)
-        done = result.resumed_from
-    if cache is None and config.cache != "none":
-        where = config.cache
-        if where == "auto":
-            # L/14 at 518 px in fp16 is 2.8 MB per image: MVTec AD's 1,725 test images take 4.8 GB.
-            per_image = grid[0] * grid[1] * model.text_width * (2 if config.cache_dtype == "float16" else 4)
-            big = per_image * len(dataset) > MEMORY_CACHE_LIMIT
-            where = "disk" if big and folder is not None else "memory"
-        # Every process encodes and caches its own images (content-keyed files, written atomically).
-        cache = FeatureCache(model, size, folder=folder / "feature_cache" if where == "disk" and folder else None,
-                             progress=progress and rank == 0,
-                             dtype=torch.float16 if config.cache_dtype == "float16" else torch.float32)
+    result = _start(folder, model, dataset, config, start, resume, learner, optimizer)
+    if cache is None:
+        cache = _feature_cache(model, dataset, config, folder, progress and rank == 0)
     if cache is not None and cache.image_size != size:
         raise ValueError(f"the feature cache is for {cache.image_size} px but the dataset gives {size} px")
 
     n_batches = (len(dataset) + config.batch_size - 1) // config.batch_size
     with flush_denormals():
-        for epoch in range(done + 1, config.epochs + 1):
-            if config.shuffle:
-                order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch))
-            else:  # the authors' loader: dataset order, the same every epoch
-                order = torch.arange(len(dataset))
+        for epoch in range(result.resumed_from + 1, config.epochs + 1):
+            order = _epoch_order(len(dataset), config, epoch)
             losses = []
             epoch_start = time.perf_counter()
             bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
@@ -592,6 +416,7 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
                 batch = order[step * config.batch_size:(step + 1) * config.batch_size].tolist()
                 idx = batch[rank::world_size]  # this process's share of the batch (all of it in one process)
                 tokens, masks = _batch(model, dataset, cache, idx) if idx else _no_batch(model, grid, size)
+                # docs/method.md §2.3: the batch's loss (Eq. 7), its gradient in the prompts, one Adam step.
                 optimizer.zero_grad(set_to_none=True)
                 terms: dict[str, float] = {}
                 shared = {"batch_size": len(batch), "all_reduce": distributed.all_reduce} if world_size > 1 else {}
@@ -609,7 +434,8 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
             result.epoch_losses.append(float(np.mean(losses)))
             result.epoch_seconds.append(time.perf_counter() - epoch_start)
             if folder is not None:  # rank 0 writes; a failure there (a full disk) stops every process
-                distributed.main_only(_save_epoch, folder, epoch, learner, optimizer, result)
-                result.checkpoints.append(_checkpoint_path(folder, epoch))
+                distributed.main_only(run_folder.save_epoch, folder, epoch, learner, optimizer, result.history,
+                                      result.epoch_losses)
+                result.checkpoints.append(run_folder.checkpoint_path(folder, epoch))
     result.seconds = time.perf_counter() - start_time
     return result

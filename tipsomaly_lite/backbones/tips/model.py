@@ -13,22 +13,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tipsomaly_lite import offline
-from tipsomaly_lite.backbones.base import l2_normalize, vision_dtype, warn_if_slow_bf16, weights_fingerprint
+from tipsomaly_lite.backbones.base import BackboneBase, l2_normalize, vision_dtype, wants_tiny
 from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
                                         check_finite, check_temperature, hf_to_npz_names, npz_shapes, read_npz,
                                         validate_pair)
-from tipsomaly_lite.backbones.preprocess import check_size, preprocess
-from tipsomaly_lite.io.images import ImageLike
-from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant
-from tipsomaly_lite.backbones.tips.text import trim_padding
+from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer, trim_padding
 from tipsomaly_lite.backbones.tips.vision import VisionTower
 
 __all__ = ["TIPS", "load_tips", "load_tips_files", "CPU_IMAGES_PER_PASS"]
@@ -41,19 +36,24 @@ __all__ = ["TIPS", "load_tips", "load_tips_files", "CPU_IMAGES_PER_PASS"]
 CPU_IMAGES_PER_PASS = 2
 
 
-class TIPS(nn.Module):
+class TIPS(BackboneBase):
     """A loaded TIPS model: vision tower, text tower, tokenizer and temperature.
 
     Attributes:
         vision: :class:`~tipsomaly_lite.backbones.tips.vision.VisionTower`.
         text: :class:`~tipsomaly_lite.backbones.tips.text.TextTower`.
         tokenizer: :class:`~tipsomaly_lite.backbones.tips.text.Tokenizer`.
+        arch: the :class:`~tipsomaly_lite.backbones.tips.checkpoints.Architecture` read from the arrays.
         temperature: softmax temperature; logits are ``cos / temperature`` (divided, not exponentiated).
         variant: registry name (``"l14-hr"``) or ``"custom"``.
         source: where the weights came from (paths or hub id).
-        image_size: default input side for :meth:`preprocess` (a multiple of 14).
+        image_size: default input side for :meth:`preprocess` (a multiple of 14); the checkpoint's
+            native size (448) unless asked otherwise.
+        patch_size: 14. TIPS takes RGB in [0, 1] as it is (no mean/std).
         is_offline: True for the tiny random model, whose outputs are meaningless.
-    Implements :class:`~tipsomaly_lite.backbones.base.Backbone`: the method uses only that seam;
+    Implements :class:`~tipsomaly_lite.backbones.base.Backbone` (device, dtype, patch grid,
+    preprocessing, batched text, fingerprint and ``describe`` come from
+    :class:`~tipsomaly_lite.backbones.base.BackboneBase`): the method uses only that seam;
     :meth:`encode_image` (the two CLS tokens and the patches, TIPS's own vocabulary) is for teaching.
 
     Taught in notebooks/01_loading_tips.ipynb.
@@ -61,8 +61,6 @@ class TIPS(nn.Module):
 
     family = "tips"
     patch_size = PATCH_SIZE
-    image_mean = None  # TIPS takes RGB in [0, 1] as it is
-    image_std = None
     #: The first CLS (alt-text trained, TIPS's retrieval token) and the second (synthetic captions).
     global_tokens = ("cls1", "cls2")
     #: Which one the paper's table uses is unverified; the retrieval token is the default.
@@ -70,25 +68,13 @@ class TIPS(nn.Module):
 
     def __init__(self, arch: Architecture, tokenizer: Tokenizer, temperature: float, *, variant: str = "custom",
                  source: str = "random init", image_size: int | None = None, is_offline: bool = False) -> None:
-        super().__init__()
+        super().__init__(variant=variant, source=source, patch_size=PATCH_SIZE, native_size=arch.native_size,
+                         image_size=image_size, is_offline=is_offline)
         self.arch = arch
         self.vision = VisionTower(arch)
         self.text = TextTower(arch)
         self.tokenizer = tokenizer
         self.temperature = float(temperature)
-        self.variant = variant
-        self.source = source
-        self.image_size = check_size(image_size or arch.native_size, "image_size")
-        self.is_offline = is_offline
-
-    @property
-    def device(self) -> torch.device:
-        return self.vision.pos_embed.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The vision tower's dtype (float32 or bfloat16); the text tower is always float32."""
-        return self.vision.pos_embed.dtype
 
     @property
     def width(self) -> int:
@@ -100,27 +86,15 @@ class TIPS(nn.Module):
         """Width of the text features and of one learnable prompt vector."""
         return self.arch.text_width
 
-    def fingerprint(self) -> str:
-        """SHA-256 (first 16 hex digits) of the architecture, temperature and *every* weight tensor.
+    def _vision_modules(self) -> list[nn.Module]:
+        return [self.vision]
 
-        Computed once and remembered until any weight is changed in place (tensor versions are checked).
-        """
-        return weights_fingerprint(self, f"{self.family}|{self.arch}|{self.temperature!r}")
+    def _fingerprint_header(self) -> str:
+        return f"{self.family}|{self.arch}|{self.temperature!r}"
 
-    def patch_grid(self, size: int | tuple[int, int] | None = None) -> tuple[int, int]:
-        """``(rows, cols)`` of the patch grid at an input size (default :attr:`image_size`).
-
-        Taught in notebooks/01_loading_tips.ipynb.
-        """
-        size = size or self.image_size
-        h, w = (size, size) if isinstance(size, int) else size
-        check_size(h, "height")
-        check_size(w, "width")
-        return h // PATCH_SIZE, w // PATCH_SIZE
-
-    def preprocess(self, images: ImageLike | Iterable[ImageLike], size: int | None = None) -> Tensor:
-        """Images of any mode -> ``(B, 3, S, S)`` RGB in [0,1] at ``size`` (default :attr:`image_size`)."""
-        return preprocess(images, size or self.image_size)
+    def _encode_text_batch(self, texts: list[str]) -> Tensor:
+        ids, padding = self.tokenizer(texts)
+        return self.text(ids.to(self.device), padding.to(self.device))
 
     def encode_image(self, images: Tensor, normalize: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Global and local image features.
@@ -146,9 +120,12 @@ class TIPS(nn.Module):
 
     @torch.no_grad()
     def encode_features(self, images: Tensor) -> dict[str, Tensor]:
-        """The seam's image features: ``patch_tokens (B, N, D)``, ``cls1 (B, D)``, ``cls2 (B, D)``,
-        all L2-normalised float32.
+        """The seam's image features, all L2-normalised float32.
 
+        Args:
+            images: ``(B, 3, H, W)`` RGB in [0, 1], H and W multiples of 14.
+        Returns:
+            ``patch_tokens (B, N, D)``, ``cls1 (B, D)``, ``cls2 (B, D)``.
         Taught in notebooks/04_learnable_pixel_prompts.ipynb.
         """
         cls1, cls2, patches = self.encode_image(images)
@@ -178,20 +155,6 @@ class TIPS(nn.Module):
         x = torch.cat([prompts.to(embeddings.dtype), embeddings], dim=1)
         return self.text.encode_embeddings(x, inputs["padding"])
 
-    def encode_text(self, texts: list[str] | str, normalize: bool = False, batch_size: int = 256) -> Tensor:
-        """Sentence features ``(T, D)`` (raw unless ``normalize``), ``T = len(texts)``.
-
-        Taught in notebooks/01_loading_tips.ipynb.
-        """
-        if isinstance(texts, str):
-            texts = [texts]
-        outs = []
-        for start in range(0, len(texts), batch_size):
-            ids, padding = self.tokenizer(texts[start:start + batch_size])
-            outs.append(self.text(ids.to(self.device), padding.to(self.device)))
-        feats = torch.cat(outs)
-        return l2_normalize(feats) if normalize else feats
-
     def zero_shot_probabilities(self, images: Tensor, texts: list[str], token: str = "cls1") -> Tensor:
         """``softmax(normalize(img) @ normalize(txt).T / temperature)`` -> ``(B, T)``.
 
@@ -207,19 +170,16 @@ class TIPS(nn.Module):
         img = cls1 if token == "cls1" else cls2
         return F.softmax(img @ self.encode_text(texts, normalize=True).T / self.temperature, dim=-1)
 
-    def __repr__(self) -> str:
+    def _repr_lines(self) -> list[str]:
         a = self.arch
         grid = self.patch_grid()
-        lines = [
-            f"TIPS(variant={self.variant!r}, family={a.family}, width={a.width}, depth={a.depth}, "
+        return [
+            f"variant={self.variant!r}, family={a.family}, width={a.width}, depth={a.depth}, "
             f"heads={a.heads}, mlp={'SwiGLU' if a.swiglu else 'GELU'} {a.mlp_hidden},",
-            f"     text_depth={a.text_depth}, image_size={self.image_size}, patch_grid={grid[0]}x{grid[1]} "
+            f"text_depth={a.text_depth}, image_size={self.image_size}, patch_grid={grid[0]}x{grid[1]} "
             f"(trained at {a.grid}x{a.grid}), temperature={self.temperature:.5g},",
-            f"     dtype={str(self.dtype).removeprefix('torch.')} (vision; text float32), source={self.source})",
+            f"dtype={str(self.dtype).removeprefix('torch.')} (vision; text float32), source={self.source}",
         ]
-        if self.is_offline:
-            lines.append("     !! TINY RANDOM WEIGHTS: outputs are meaningless (offline mode) !!")
-        return "\n".join(lines)
 
 
 def _build(vision_arrays: dict, text_arrays: dict, tokenizer: Tokenizer, *, num_heads: int | None,
@@ -259,15 +219,7 @@ def load_tips_files(vision: str | os.PathLike, text: str | os.PathLike, tokenize
     model = _build(read_npz(vision), read_npz(text), tok, num_heads=num_heads, vision_name=str(vision),
                    text_name=str(text), variant=variant, source=f"{vision} + {text.name}",
                    image_size=image_size, is_offline=is_offline)
-    return _place(model, device, dtype)
-
-
-def _place(model: TIPS, device: str | torch.device, dtype: torch.dtype) -> TIPS:
-    """Move to ``device``; cast only the vision tower to ``dtype`` (the text tower stays fp32, see :func:`load_tips`)."""
-    warn_if_slow_bf16(dtype, device)
-    model = model.to(device)
-    model.vision.to(dtype)
-    return model
+    return model.place(device, dtype)
 
 
 def _config_heads(config: Path) -> int | None:
@@ -333,7 +285,7 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
     vision_arrays, text_arrays = hf_to_npz_names(state, where=str(weights))
     model = _build(vision_arrays, text_arrays, Tokenizer(tok), num_heads=num_heads, vision_name=str(weights),
                    text_name=str(weights), variant=spec, source=str(weights), image_size=image_size)
-    return _place(model, device, dtype)
+    return model.place(device, dtype)
 
 
 def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = None,
@@ -349,7 +301,9 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
         vision, text, tokenizer: explicit file paths (official npz layout + SentencePiece model).
         num_heads: needed only for widths outside the public table.
         image_size: default input side for ``model.preprocess`` (multiple of 14); the variant's
-            native size (448) when omitted. Any multiple of 14 works at call time.
+            native size (448) when omitted here. (:func:`~tipsomaly_lite.backbones.load_backbone`
+            passes the family's default instead: 518, the paper's input side.) Any multiple of 14
+            works at call time.
         download: fetch missing registry files into the cache (``TIPSOMALY_HOME``).
         fallback_to_tiny: when the files are not cached and cannot be fetched, load the tiny
             offline model (with its warning) instead of raising.
@@ -380,10 +334,7 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
     is_local = name.startswith("hf:") and Path(name[3:]).is_dir()
     if name not in VARIANTS and name != "tiny" and not name.startswith("hf:"):
         raise KeyError(f"unknown TIPS variant {name!r}; expected one of {sorted(VARIANTS)}, 'tiny' or 'hf:<repo>'")
-    if name != "tiny" and not is_local and offline.offline_forced():
-        name = "tiny"  # only what would need the network is replaced; local files still load
-    if name == "tiny":
-        offline.warn_meaningless()
+    if wants_tiny(name, needs_network=not is_local):  # local files still load as asked
         from tipsomaly_lite.backbones.tips.tiny import tiny_files
 
         v, t, tok = tiny_files()
