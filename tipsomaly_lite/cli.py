@@ -45,10 +45,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cache_input() -> dict[str, Any]:
-    """The download cache, which no output may be, hold or lie inside."""
-    from tipsomaly_lite.io.download import cache_dir
+    """The downloaded weights and prompts in the cache, which no output may be, hold or lie inside."""
+    from tipsomaly_lite.io.download import download_folders
 
-    return {"the download cache": cache_dir()}
+    return {"the download cache": download_folders()}
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -64,6 +64,16 @@ def cache_dir() -> pathlib.Path:
     return path
 
 
+#: Sub-folders of the cache that hold downloaded weights and prompt files: inputs no output may touch.
+DOWNLOAD_FOLDERS = ("tips", "hf", "released_prompts", "tiny")
+
+
+def download_folders() -> list[pathlib.Path]:
+    """The cache's download sub-folders (:data:`DOWNLOAD_FOLDERS`), which the output guard keeps apart from
+    every output; the rest of the cache (the course's results, logs) is a place to write."""
+    return [cache_dir() / name for name in DOWNLOAD_FOLDERS]
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """SHA-256 of a file, read in chunks so multi-GB archives do not fill memory.
 

@@ -6,6 +6,8 @@
 - :mod:`.losses`: Focal + Dice on the patch probabilities (Eq. 5-7).
 - :mod:`.feature_cache`: frozen vision features computed once, reused by every epoch.
 - :mod:`.training`: the training loop of the prompts.
+- :mod:`.run_folder`: a training run on disk: checkpoints, history, lock, resume.
+- :mod:`.prompt_files`: learned prompts from a run folder, a prompt file or the authors' release.
 - :mod:`.fusion`: local-to-global fusion of the image score (Eq. 8).
 - :mod:`.maps`: anomaly maps (upsampling and Gaussian smoothing) and patch-text similarity maps.
 - :mod:`.detector`: the whole method in one object.
