@@ -29,7 +29,7 @@ import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -42,8 +42,9 @@ from tipsomaly_lite.backbones.base import Backbone
 from tipsomaly_lite.io.atomic import LockedError, atomic_file, file_lock
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 
-if TYPE_CHECKING:  # for the annotations only: training imports this module
-    from tipsomaly_lite.method.training import TrainConfig
+#: A :class:`~tipsomaly_lite.method.training.TrainConfig` (a dataclass; named loosely here because training
+#: imports this module, and a module never imports its importer).
+TrainSettings = Any
 
 __all__ = ["CHECKPOINT_FORMAT", "Resumed", "checkpoint_path", "latest_checkpoint", "load_trained_prompts",
            "locked_run", "open_run", "save_epoch"]
@@ -226,7 +227,7 @@ def _describe_start(start: dict[str, Tensor], seed: int) -> str:
     return f"given: sha256 {digest[:16]} of the float32 (normal, anomalous)"
 
 
-def _run_config(model: Backbone, dataset: Any, config: TrainConfig, start: dict[str, Tensor]) -> dict[str, Any]:
+def _run_config(model: Backbone, dataset: Any, config: TrainSettings, start: dict[str, Tensor]) -> dict[str, Any]:
     """config.json: the training settings, the data, the model and the versions."""
     classes = getattr(dataset, "classes", None)
     return {"train": asdict(config), "backbone": model.family, "variant": model.variant,
@@ -282,7 +283,7 @@ def locked_run(run_dir: Path | None) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
-def open_run(run_dir: Path, model: Backbone, dataset: Any, config: TrainConfig, start: dict[str, Tensor], *, resume: bool,
+def open_run(run_dir: Path, model: Backbone, dataset: Any, config: TrainSettings, start: dict[str, Tensor], *, resume: bool,
              learner: PromptLearner, optimizer: torch.optim.Adam) -> Resumed:
     """Prepare the run folder: clear it (``resume=False``) or resume its last checkpoint; write config.json.
 
