@@ -198,8 +198,8 @@ def _train(args: argparse.Namespace) -> int:
 
     root = find_prepared(args.data_root, args.dataset)  # cheap checks before loading the model
     initial, _ = load_prompts(args.init_prompts) if args.init_prompts else (None, "")
-    claim_folder(args.out, command="train", inputs={"the dataset": root, "--init-prompts": args.init_prompts,
-                                                    **_cache_input()})
+    distributed.main_only(claim_folder, args.out, command="train",  # under torchrun rank 0 alone writes
+                          inputs={"the dataset": root, "--init-prompts": args.init_prompts, **_cache_input()})
     model = _load_model(args)
     dataset = _dataset(args, root, model)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,

@@ -61,11 +61,6 @@ def is_main() -> bool:
 
 #: Set by torchrun itself (its elastic agent) in every process it starts; a shell never sets it by accident.
 TORCHRUN_MARKER = "TORCHELASTIC_RUN_ID"
-#: Seconds to wait for the other processes to join (or for a collective) before giving up with an error.
-TIMEOUT_ENV = "TIPSOMALY_DIST_TIMEOUT"
-DEFAULT_TIMEOUT_S = 300
-
-
 def launched_by_torchrun() -> bool:
     """True when torchrun started this process as one of several.
 
@@ -73,20 +68,6 @@ def launched_by_torchrun() -> bool:
     ``WORLD_SIZE`` left over in a shell would otherwise make a plain run wait for peers that never come.
     """
     return bool(os.environ.get(TORCHRUN_MARKER)) and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
-
-
-def _timeout() -> Any:
-    """The process group's timeout, a ``datetime.timedelta`` from :data:`TIMEOUT_ENV`."""
-    import datetime
-
-    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 1 <= seconds <= 86400:
-        raise ValueError(f"environment variable {TIMEOUT_ENV}={text!r}: expected seconds between 1 and 86400")
-    return datetime.timedelta(seconds=seconds)
 
 
 def _env_int(name: str, low: int, high: int | None = None) -> int:
@@ -136,9 +117,9 @@ def init_from_env(device: str = "auto") -> torch.device:
                              f"{torch.cuda.device_count()}; use --nproc_per_node <= the number of GPUs, or "
                              "--device cpu")
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local), timeout=_timeout())
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     else:
-        dist.init_process_group("gloo", timeout=_timeout())
+        dist.init_process_group("gloo")
     return _device()
 
 
