@@ -116,6 +116,17 @@ def test_disk_full_names_the_file_and_folder(capsys, tmp_path, monkeypatch):
     assert str(tmp_path) in err
 
 
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from tipsomaly_lite.data import toy_data
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(toy_data, "make_toy_dataset", interrupted)
+    assert main(["toy-data", "--out", str(tmp_path / "toy")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tipsomaly toy-data: interrupted")
+
+
 def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, monkeypatch, capsys):
     from tipsomaly_lite.data import toy_data
 
@@ -124,7 +135,8 @@ def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, 
     monkeypatch.setattr(toy_data, "make_toy_dataset", broken)
     assert main(["toy-data", "--out", str(tmp_path / "toy")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("tipsomaly toy-data: internal error: OSError") and "Traceback" not in err[0]
+    assert len(err) == 1 and err[0].startswith("tipsomaly toy-data: internal error: OSError")
+    assert "Traceback" not in err[0]
     log = Path(err[0].split("the traceback is in ", 1)[1].split(";", 1)[0])
     text = log.read_text()
     assert "Traceback" in text and "Input/output error" in text and "broken" in text

@@ -226,3 +226,22 @@ def test_train_prints_the_right_epoch_losses_after_a_lost_history(data_root, tmp
     got = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert got == want and len(got) == 2
     assert len(json.loads((run / "history.json").read_text())["steps"]) == 4
+
+
+def test_a_walk_over_too_many_images_stops_with_one_line(tmp_path, capsys, monkeypatch):
+    import tipsomaly_lite.predict as predict
+
+    monkeypatch.setattr(predict, "MAX_IMAGES", 2)
+    for name in "abc":
+        _img(tmp_path / "imgs" / "sub" / f"{name}.png")
+    assert _predict([tmp_path / "imgs"], tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert "more than 2 images" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_link_loop_is_not_followed(tmp_path):
+    _img(tmp_path / "imgs" / "x.png")
+    (tmp_path / "imgs" / "loop").symlink_to(tmp_path / "imgs")
+    assert _predict([tmp_path / "imgs"], tmp_path / "out") == 0
+    assert len(_scores(tmp_path / "out")) == 1

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -196,6 +196,8 @@ user_trees = st.dictionaries(st.sampled_from(["notes.txt", "meta.json", "a/b.png
 @seed(SEED)
 @ATTACKS
 @given(tree=user_trees, command=st.sampled_from(["toy-data", "toy-data --overwrite", "claim", "replace"]))
+@example(tree={MARKER: b"not ours"}, command="claim")  # a file that only looks like our marker
+@example(tree={MARKER: b"not ours"}, command="toy-data --overwrite")
 def test_a_folder_of_user_files_is_never_replaced(tmp_path_factory, tree, command, capsys):
     root = tmp_path_factory.mktemp("out")
     out = root / "out"

@@ -193,7 +193,7 @@ def _dataset(args: argparse.Namespace, root: Path, model):
 def _train(args: argparse.Namespace) -> int:
     from tipsomaly_lite.data.datasets import find_prepared
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
-    from tipsomaly_lite.method.prompt_files import DEFAULT_PROMPT_SET, load_prompts
+    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for
     from tipsomaly_lite.method.training import TrainConfig, train_prompts
 
     root = find_prepared(args.data_root, args.dataset)  # cheap checks before loading the model
@@ -203,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     model = _load_model(args)
     dataset = _dataset(args, root, model)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                         n_tokens=args.n_tokens, prompt_set=args.prompt_set or DEFAULT_PROMPT_SET, cache=args.cache,
+                         n_tokens=args.n_tokens, prompt_set=prompt_set_for({}, args.prompt_set), cache=args.cache,
                          cache_dtype=args.cache_dtype, shuffle=args.shuffle)
     result = train_prompts(model, dataset, config, args.out, resume=not args.no_resume, progress=not args.quiet,
                            initial_prompts=initial)
@@ -245,8 +245,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     distributed.main_only(claim_folder, out, command="evaluate", inputs=inputs)  # before the long part
     model = _load_model(args)
     dataset = _dataset(args, root, model)
-    detector = _detector(args, model, prompts, source, prompt_set_for(args.prompts, args.prompt_set))
     train = run_settings(args.prompts)  # the prompts' training seed and settings, when they are our run's
+    detector = _detector(args, model, prompts, source, prompt_set_for(train, args.prompt_set))
     result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                       num_workers=args.workers, progress=not args.quiet,
                       extra_config={"seed": train.get("seed"), "prompts_training": train} if train else {"seed": None})
@@ -265,7 +265,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
     from tipsomaly_lite.io.atomic import atomic_file
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
-    from tipsomaly_lite.method.prompt_files import DEFAULT_PROMPT_SET, load_prompts, prompt_set_for
+    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for, run_settings
 
     root = Path(args.data_root)
     keys = args.datasets or [k for k in DATASET_KEYS if (root / k / "meta.json").is_file()]
@@ -277,14 +277,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     plan = {}  # every prompt file is fetched before the long part
     for key in keys:
         source = prompts_trained_on(key)
-        if args.training_free:
-            plan[key] = (None, "none", args.prompt_set or DEFAULT_PROMPT_SET)
-        elif runs[source]:
-            prompts, _ = load_prompts(runs[source])
-            plan[key] = (prompts, f"{runs[source]} (trained on {source})", prompt_set_for(runs[source], args.prompt_set))
-        else:
-            prompts, where = load_prompts(released=source)
-            plan[key] = (prompts, where, args.prompt_set or DEFAULT_PROMPT_SET)
+        run = None if args.training_free else runs[source]
+        prompts, where = (None, "none") if args.training_free else load_prompts(run, None if run else source)
+        where = f"{run} (trained on {source})" if run else where
+        plan[key] = (prompts, where, prompt_set_for(run_settings(run), args.prompt_set))
     out = Path(args.out)
     inputs = {"the datasets": [root / k for k in keys], "--mvtec-prompts": args.mvtec_prompts,
               "--visa-prompts": args.visa_prompts, **_cache_input()}
@@ -311,7 +307,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
-    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for
+    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for, run_settings
     from tipsomaly_lite.predict import image_files, overlay_names, predict_images
 
     files = image_files(args.images)
@@ -320,7 +316,7 @@ def _predict(args: argparse.Namespace) -> int:
     claim_folder(args.out, command="predict", inputs={"--images": args.images, "--prompts": args.prompts,
                                                       **_cache_input()})
     model = _load_model(args)
-    detector = _detector(args, model, prompts, source, prompt_set_for(args.prompts, args.prompt_set))
+    detector = _detector(args, model, prompts, source, prompt_set_for(run_settings(args.prompts), args.prompt_set))
     result = predict_images(detector, files, args.class_name, args.out, names=names, batch_size=args.batch_size)
     finish_folder(args.out, "predict")
     print(f"wrote {result.scores_csv} ({len(result.rows)} images scored, {len(result.failed)} failed; scores lie in "
@@ -407,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
     demo.add_argument("--variant", default="l14-hr",
                       help="TIPS variant, used when its weights are in the cache; else the offline tiny model")
-    demo.add_argument("--size", type=flags.image_size, default=None, help="input side, a multiple of 14 (default: native)")
+    demo.add_argument("--size", type=flags.image_size, default=None,
+                      help="input side, a multiple of 14 (default: the model's)")
     demo.set_defaults(func=_command("demo", _demo))
     fetch = sub.add_parser("fetch", help="download a TIPS variant + tokenizer into the cache")
     fetch.add_argument("variant", nargs="?", help="e.g. l14-hr, b14-hr, v2-b14")

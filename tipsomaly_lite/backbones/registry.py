@@ -117,6 +117,10 @@ def get_family(name: str) -> BackboneFamily:
 
 # One line per family. TIPS: the paper's input side (518) when loaded through load_backbone; the
 # others at their checkpoint's native size.
-register(BackboneFamily("tips", "tipsomaly_lite.backbones.tips.model", "load_tips", _TIPS_DEFAULT_VARIANT, 518, None, "TIPS (Google DeepMind): the paper's backbone, two CLS tokens, /14 patches"))
-register(BackboneFamily("clip", "tipsomaly_lite.backbones.hf", "load_clip", "l14-336", None, "backbones", "OpenAI CLIP from transformers, the ZSAD baselines' backbone (plain, no tricks)", ("transformers",)))
-register(BackboneFamily("siglip2", "tipsomaly_lite.backbones.hf", "load_siglip2", "so400m-256", None, "backbones", "Google SigLIP2 from transformers, attention-pooled global token", ("transformers",)))
+register(BackboneFamily("tips", "tipsomaly_lite.backbones.tips.model", "load_tips", _TIPS_DEFAULT_VARIANT, 518, None,
+                        "TIPS (Google DeepMind): the paper's backbone, two CLS tokens, /14 patches"))
+register(BackboneFamily("clip", "tipsomaly_lite.backbones.hf", "load_clip", "l14-336", None, "backbones",
+                        "OpenAI CLIP from transformers, the ZSAD baselines' backbone (plain, no tricks)",
+                        ("transformers",)))
+register(BackboneFamily("siglip2", "tipsomaly_lite.backbones.hf", "load_siglip2", "so400m-256", None, "backbones",
+                        "Google SigLIP2 from transformers, attention-pooled global token", ("transformers",)))

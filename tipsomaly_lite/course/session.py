@@ -267,15 +267,15 @@ def _size(variant: str) -> str:
 
 def _load_model(variant: str, offline: bool | None, image_size: int | None, device: torch.device,
                 notes: list[str], download: bool | None = None, family: str = "tips") -> Backbone:
-    from tipsomaly_lite.backbones.tips.registry import VARIANTS as TIPS_VARIANTS, variant_is_cached
+    from tipsomaly_lite.backbones.tips.registry import VARIANTS, variant_is_cached
 
     if offline or (offline is None and offline_forced()):
         notes.append("offline mode " + ("asked for by the notebook" if offline else "forced by TIPSOMALY_OFFLINE"))
         return load_backbone("tiny", family=family, image_size=image_size, device=device)
     # The download and cache notes below know TIPS's files; other families go straight to their loader.
-    VARIANTS = TIPS_VARIANTS if family == "tips" else {}
+    missing = family == "tips" and variant in VARIANTS and not variant_is_cached(variant)
     kwargs: dict = {}
-    if variant in VARIANTS and not variant_is_cached(variant) and not download_allowed(download):
+    if missing and not download_allowed(download):
         if offline is False:
             kwargs["download"] = False  # real mode was demanded: fail with the cache's message, never download
         else:
@@ -283,7 +283,7 @@ def _load_model(variant: str, offline: bool | None, image_size: int | None, devi
                          f"offline mode. To use it, run `tipsomaly fetch {variant}` in a terminal, or set "
                          f"DOWNLOAD = True in the parameters cell (start(download=True), or {DOWNLOAD_ENV}=1)")
             return load_backbone("tiny", family=family, image_size=image_size, device=device)
-    if variant in VARIANTS and not variant_is_cached(variant) and "download" not in kwargs:
+    elif missing:
         print(f"Downloading TIPS {variant} ({_size(variant)}) into the cache, once ...", flush=True)
     try:
         return load_backbone(variant, family=family, image_size=image_size, device=device, **kwargs)

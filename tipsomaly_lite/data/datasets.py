@@ -273,12 +273,11 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> torch.Tensor
     Returns:
         ``image`` ``(3,S,S)`` float32 in [0,1].
     """
+    img = _open(pathlib.Path(path), "Image")
     try:
-        image = to_float_rgb(_open(pathlib.Path(path), "Image"))
-    except DatasetError:
-        raise
-    except ValueError as err:  # NaN, inf or out-of-range float pixels: name the file
-        raise DatasetError(f"Image {path}: {str(err).removeprefix('image: ')}") from None
+        image = to_float_rgb(img, where=f"Image {path}")
+    except ValueError as err:  # NaN, inf or out-of-range float pixels: the message names the file
+        raise DatasetError(str(err)) from None
     return resize_image(image, size) if size is not None else image
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import sys
@@ -18,14 +19,15 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["USER_ERRORS", "EXIT_USER", "EXIT_BUG", "one_line", "disk_full_message", "run_guarded", "log_folder"]
+__all__ = ["user_errors", "EXIT_USER", "EXIT_BUG", "one_line", "disk_full_message", "run_guarded", "log_folder"]
 
 EXIT_USER = 2
 EXIT_BUG = 1
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors a user can fix; imported lazily so the CLI starts without torch."""
+@functools.cache
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix (a path, a name, a setting, a damaged file); imported on first use."""
     from PIL.Image import DecompressionBombError
     from safetensors import SafetensorError
 
@@ -34,10 +36,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
             KeyError, DownloadError, ArchiveError, SafetensorError, DecompressionBombError, UnicodeError)
-
-
-#: Filled on first use by :func:`run_guarded` (kept importable for tests).
-USER_ERRORS: tuple[type[BaseException], ...] = ()
 
 
 def one_line(message: object) -> str:
@@ -96,8 +94,6 @@ def run_guarded(command: str, func: Callable[[], int], *, out: str | os.PathLike
     Returns:
         ``func``'s code; 2 for a user's error; 1 (and a log file) for a bug; 130 for Ctrl-C.
     """
-    global USER_ERRORS
-    USER_ERRORS = USER_ERRORS or _user_errors()
     try:
         return func()
     except quiet:
@@ -106,7 +102,7 @@ def run_guarded(command: str, func: Callable[[], int], *, out: str | os.PathLike
         print(f"tipsomaly {command}: interrupted; finished files are complete, nothing half-written is left",
               file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"tipsomaly {command}: error: {one_line(message)}", file=sys.stderr)
         return EXIT_USER

@@ -22,8 +22,8 @@ from typing import Iterable, Mapping
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.io.jsonfile import JSONFileError, read_json
 
-__all__ = ["MARKER", "OutputError", "check_apart", "check_folder_path", "claim_folder", "finish_folder", "check_replaceable",
-           "write_marker", "read_marker", "folder_files"]
+__all__ = ["MARKER", "OutputError", "check_apart", "check_folder_path", "claim_folder", "finish_folder",
+           "check_replaceable", "write_marker", "read_marker", "folder_files"]
 
 #: The marker file in every folder this package writes.
 MARKER = ".tipsomaly-output.json"
@@ -131,39 +131,42 @@ def check_folder_path(folder: str | os.PathLike, flag: str = "--out") -> None:
                               "results")
 
 
+def _not_ours(folder: Path) -> list[str]:
+    """What in ``folder`` this package did not write: everything when it has no valid marker (a file that
+    only looks like one included), else what a complete marker does not list (nothing for a run killed
+    half-way, whose marker is still incomplete: everything in it is its own)."""
+    present = folder_files(folder)
+    marker = read_marker(folder)
+    if marker is None:
+        return present
+    if not marker.get("complete", True):
+        return []
+    return sorted(set(present) - set(marker["files"]) - {MARKER})
+
+
 def claim_folder(folder: str | os.PathLike, *, command: str, inputs: Mapping[str, object] | None = None,
                  flag: str = "--out") -> Path:
     """Make ``folder`` ready for ``command``'s results, before any long work.
 
     New and empty folders are created and marked; a folder with our marker is reused (its files are
-    ours to replace); anything else is refused. The folder is also checked to be writable.
+    ours to replace); anything else is refused. Writing the marker proves the folder writable.
 
     Raises:
         OutputError: it overlaps an input, is a file, lies under a file, or holds files we did not write
             (named), or cannot be written.
     """
-    import tempfile
-
     folder = Path(folder)
     check_apart(folder, inputs or {}, flag)
     check_folder_path(folder, flag)
-    if folder.is_dir():
-        present = [f for f in folder_files(folder) if f != MARKER]
-        marker = read_marker(folder)
-        if present and marker is None:
-            raise OutputError(f"{flag} {folder} already holds files this package did not write ({_names(present)});"
-                              f" they are left alone: choose a new or empty folder")
-        foreign = sorted(set(present) - set(marker["files"])) if marker and marker.get("complete", True) else []
-        if foreign:  # added by someone after our last complete run
-            raise OutputError(f"{flag} {folder} holds files this package did not write ({_names(foreign)}); they "
-                              "are left alone: move them away or choose another folder")
+    foreign = _not_ours(folder) if folder.is_dir() else []
+    if foreign:
+        raise OutputError(f"{flag} {folder} already holds files this package did not write ({_names(foreign)}); "
+                          "they are left alone: move them away or choose a new or empty folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        write_marker(folder, command, complete=False)
     except OSError as exc:
         raise OutputError(f"{flag} {folder}: cannot write results there ({exc.strerror or exc})") from exc
-    write_marker(folder, command, complete=False)
     return folder
 
 
@@ -171,20 +174,17 @@ def check_replaceable(folder: str | os.PathLike, flag: str = "--out") -> None:
     """Refuse ``--overwrite`` of a folder unless this package wrote it and every file in it.
 
     Raises:
-        OutputError: no marker (not ours), or files the marker does not list (named).
+        OutputError: not a folder, no marker (not ours), or files the marker does not list (named).
     """
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir():
         raise OutputError(f"{flag} {folder} is not a folder this package wrote; --overwrite leaves it alone")
-    marker = read_marker(folder)
-    if marker is None:
+    if read_marker(folder) is None:
         raise OutputError(f"{flag} {folder} was not written by this package (it has no {MARKER}); --overwrite "
                           "replaces only folders it wrote: move it away or choose another folder")
-    if not marker.get("complete", True):  # a run killed half-way: everything in it is its own
-        return
-    foreign = sorted(set(folder_files(folder)) - set(marker["files"]) - {MARKER})
+    foreign = _not_ours(folder)
     if foreign:
         raise OutputError(f"{flag} {folder} holds files this package did not write ({_names(foreign)}); "
                           "--overwrite would delete them: move them away first")

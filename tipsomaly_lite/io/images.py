@@ -99,22 +99,23 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def to_float_rgb(image: ImageLike) -> Tensor:
+def to_float_rgb(image: ImageLike, where: str | os.PathLike | None = None) -> Tensor:
     """One image -> ``(3, H, W)`` float32 in [0, 1].
 
     Accepts a PIL image of any mode, a path, a numpy array ``(H,W)``, ``(H,W,1|3|4)``
-    (uint8 /255, uint16 /65535, float taken as [0,1]) or a tensor ``(3,H,W)`` in [0,1].
+    (uint8 /255, uint16 /65535, float taken as [0,1]) or a tensor ``(3,H,W)`` in [0,1]. ``where`` names
+    the image in messages (default: its path, or "image").
 
     Raises:
         ValueError: not an image, a shape or dtype we do not read, or values that are not finite or
             lie outside [0, 1]; a file is named in the message.
     """
-    where = str(image) if isinstance(image, (str, os.PathLike)) else "image"
+    where = str(where if where is not None else image if isinstance(image, (str, os.PathLike)) else "image")
     if isinstance(image, (str, os.PathLike)):
         with open_image(image) as img:
             arr = _pil_to_array(img)
     elif isinstance(image, Image.Image):
-        arr = _pil_to_array(check_pixels(image, "image"))
+        arr = _pil_to_array(check_pixels(image, where))
     elif isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensor: expected (3,H,W) in [0,1], got shape {tuple(image.shape)}")

@@ -47,28 +47,6 @@ def check_depth(value: Any, where: str, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
-def _shallow_enough(text: str, limit: int) -> bool:
-    """True when brackets never open more than ``limit`` deep (strings skipped), checked before parsing."""
-    depth, in_string, escaped = 0, False, False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif ch in "]}":
-            depth -= 1
-    return True
-
-
 def read_json(path: str | os.PathLike, *, expect: type | tuple[type, ...] = dict, what: str = "JSON file",
               max_bytes: int = MAX_BYTES) -> Any:
     """Read a JSON file through the gate.
@@ -105,16 +83,17 @@ def read_json(path: str | os.PathLike, *, expect: type | tuple[type, ...] = dict
         raise JSONFileError(f"{what} {path} cannot be read ({err.strerror or err})") from None
     if len(raw) > max_bytes:  # it grew after the stat
         raise JSONFileError(f"{what} {path} is over the {max_bytes}-byte limit for a settings file")
-    if not _shallow_enough(text, MAX_DEPTH):
-        raise JSONFileError(f"{what} {path}: nested more than {MAX_DEPTH} levels deep; expected a flat settings "
-                            "file")
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # nested deeper than the parser recurses: far past MAX_DEPTH
+        raise JSONFileError(f"{what} {path}: nested more than {MAX_DEPTH} levels deep; expected a flat settings "
+                            "file") from None
     except json.JSONDecodeError as err:
         raise JSONFileError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}, column "
                             f"{err.colno})") from None
     except ValueError as err:  # NaN / Infinity
         raise JSONFileError(f"{what} {path}: {err}; expected finite numbers") from None
+    check_depth(value, f"{what} {path}")
     expected = expect if isinstance(expect, tuple) else (expect,)
     if not isinstance(value, expected):
         names = " or ".join({dict: "an object {...}", list: "a list [...]"}.get(t, t.__name__) for t in expected)

@@ -16,15 +16,15 @@
 from tipsomaly_lite._api import face
 
 _PUBLIC = {
-    "tipsomaly_lite.method.prompts": ("PROMPT_SETS", "PromptSet", "TextFeatureBank", "SIMILARITY_PROMPTS", "ensemble",
-                                      "get_prompt_set", "text_features"),
+    "tipsomaly_lite.method.prompts": ("PROMPT_SETS", "DEFAULT_PROMPT_SET", "PromptSet", "TextFeatureBank",
+                                      "SIMILARITY_PROMPTS", "ensemble", "get_prompt_set", "text_features"),
     "tipsomaly_lite.method.scoring": ("two_way_probabilities", "global_score", "patch_probabilities"),
     "tipsomaly_lite.method.prompt_learner": ("PromptLearner",),
     "tipsomaly_lite.method.losses": ("focal_loss", "dice_loss", "segmentation_loss", "fused_segmentation_loss"),
     "tipsomaly_lite.method.feature_cache": ("FeatureCache",),
     "tipsomaly_lite.method.training": ("TrainConfig", "TrainResult", "train_prompts", "training_loss"),
     "tipsomaly_lite.method.run_folder": ("latest_checkpoint", "load_trained_prompts"),
-    "tipsomaly_lite.method.prompt_files": ("DEFAULT_PROMPT_SET", "load_prompts"),
+    "tipsomaly_lite.method.prompt_files": ("load_prompts",),
     "tipsomaly_lite.method.fusion": ("fuse_scores", "local_score"),
     "tipsomaly_lite.method.maps": ("anomaly_map", "gaussian_blur", "upsample_map", "similarity_maps"),
     "tipsomaly_lite.method.detector": ("MODES", "DEFAULT_SIGMA", "Detector", "Prediction"),

@@ -13,10 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["DEFAULT_PROMPT_SET", "load_prompts", "run_settings", "prompt_set_for"]
+from tipsomaly_lite.method.prompts import DEFAULT_PROMPT_SET
 
-#: The fixed sentences the method uses unless told otherwise (docs/method.md, the prompt sets).
-DEFAULT_PROMPT_SET = "industrial"
+__all__ = ["load_prompts", "run_settings", "prompt_set_for"]
 
 
 def load_prompts(path: str | os.PathLike | None = None, released: str | None = None) -> tuple[
@@ -70,7 +69,7 @@ def run_settings(path: str | os.PathLike | None) -> dict[str, Any]:
     return train if isinstance(train, dict) else {}
 
 
-def prompt_set_for(prompts_path: str | os.PathLike | None, asked: str | None = None) -> str:
-    """The prompt set to use: the one asked for, else the run's own (learned prompts belong to their
-    sentences), else :data:`DEFAULT_PROMPT_SET`."""
-    return asked or run_settings(prompts_path).get("prompt_set") or DEFAULT_PROMPT_SET
+def prompt_set_for(settings: dict[str, Any], asked: str | None = None) -> str:
+    """The prompt set to use: the one asked for, else the run's own (``settings`` from :func:`run_settings`;
+    learned prompts belong to their sentences), else the method's default (``"industrial"``)."""
+    return asked or settings.get("prompt_set") or DEFAULT_PROMPT_SET

@@ -253,7 +253,8 @@ def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:
     same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples == lists
     diff = {k: (saved_train.get(k), ours["train"][k]) for k in _RESUME_SETTINGS
             if not same(saved_train.get(k), ours["train"][k])}
-    diff.update({k: (saved.get(k, "(not recorded)"), ours[k]) for k in _RESUME_FACTS if not same(saved.get(k), ours[k])})
+    diff.update({k: (saved.get(k, "(not recorded)"), ours[k]) for k in _RESUME_FACTS
+                 if not same(saved.get(k), ours[k])})
     if diff:
         shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
         raise ValueError(f"{run_dir}: cannot resume, this run was made with other settings, data or model ({shown}); "
@@ -283,8 +284,8 @@ def locked_run(run_dir: Path | None) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
-def open_run(run_dir: Path, model: Backbone, dataset: Any, config: TrainSettings, start: dict[str, Tensor], *, resume: bool,
-             learner: PromptLearner, optimizer: torch.optim.Adam) -> Resumed:
+def open_run(run_dir: Path, model: Backbone, dataset: Any, config: TrainSettings, start: dict[str, Tensor], *,
+             resume: bool, learner: PromptLearner, optimizer: torch.optim.Adam) -> Resumed:
     """Prepare the run folder: clear it (``resume=False``) or resume its last checkpoint; write config.json.
 
     Args:
