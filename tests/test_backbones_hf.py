@@ -235,3 +235,64 @@ def test_the_clip_values_trick_changes_only_the_patch_tokens():
     assert (a["patch_tokens"] - b["patch_tokens"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="dense must be one of"):
         load_backbone("tiny", family="clip", dense="surgery")
+
+
+# ------------------------------------------------------------------ the model-folder gate
+
+def _load_folder_fails(folder, *needles):
+    from tipsomaly_lite.io.download import DownloadError
+
+    with pytest.raises((ValueError, DownloadError)) as info:
+        load_backbone(f"hf:{folder}")
+    message = str(info.value)
+    assert str(folder) in message and all(n in message for n in needles), message
+    return message
+
+
+def _rewrite_weights(folder, change):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    change(state)
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tmp_path):
+    folder = tmp_path / "clip"
+    _save_clip_folder(folder)
+    for f in folder.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
+    _load_folder_fails(folder)
+
+
+def test_a_folder_missing_weights_is_refused_not_randomly_filled(tmp_path):
+    folder = tmp_path / "clip"
+    _save_clip_folder(folder)
+    _rewrite_weights(folder, lambda s: s.pop(next(k for k in s if "visual_projection" in k)))
+    _load_folder_fails(folder, "missing", "visual_projection")
+
+
+def test_a_folder_with_nan_weights_is_refused(tmp_path):
+    folder = tmp_path / "clip"
+    _save_clip_folder(folder)
+    _rewrite_weights(folder, lambda s: s[next(k for k in s if "text_projection" in k)].fill_(float("nan")))
+    _load_folder_fails(folder, "text_projection", "NaN")
+
+
+@pytest.mark.parametrize("key, value", [("hidden_size", 10**9), ("num_hidden_layers", -1), ("image_size", "big")])
+def test_config_sizes_are_bounded_before_anything_is_built(tmp_path, key, value):
+    folder = tmp_path / "clip"
+    _save_clip_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"][key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    _load_folder_fails(folder, "config.json", key)
+
+
+def test_pixel_statistics_out_of_range_are_refused(tmp_path):
+    folder = tmp_path / "clip"
+    _save_clip_folder(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5],
+                                                                  "image_std": [0.0, 1.0, 1.0]}))
+    _load_folder_fails(folder, "preprocessor_config.json", "image_std")

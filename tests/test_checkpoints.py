@@ -271,7 +271,7 @@ def test_packed_old_names_clash_with_a_new_packed_tensor():
 
 @pytest.mark.parametrize("config,match", [
     ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
+    ("[1, 2]", "expected an object"),
     ('{"vision_config": "big"}', "expected a JSON object"),
     ('{"vision_config": {"num_attention_heads": "4"}}', "num_attention_heads is '4'"),
     ('{"vision_config": {"num_attention_heads": 0}}', "num_attention_heads is 0"),
@@ -279,7 +279,7 @@ def test_packed_old_names_clash_with_a_new_packed_tensor():
 ])
 def test_hf_config_json_malformed_or_wrong_types(tmp_path, tiny_tokenizer_path, config, match):
     folder = hf_folder(tmp_path / "hf", tiny_tokenizer_path, config=config)
-    with pytest.raises(CheckpointError, match=rf"config\.json: .*{match}") as info:
+    with pytest.raises(CheckpointError, match=rf"config\.json:? .*{match}") as info:
         load_tips(f"hf:{folder}")
     assert "\n" not in str(info.value)
 

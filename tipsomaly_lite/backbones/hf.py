@@ -319,12 +319,52 @@ def _tiny_model(family: str) -> tuple[nn.Module, int]:
     return model, 32
 
 
+#: Upper bounds on a checkpoint folder's config sizes, checked before anything is built (the largest
+#: CLIP/SigLIP2 checkpoints stay far below them; a hostile config could otherwise allocate terabytes).
+CONFIG_BOUNDS = {"hidden_size": 8192, "intermediate_size": 65536, "num_hidden_layers": 128,
+                 "num_attention_heads": 256, "vocab_size": 1_000_000, "max_position_embeddings": 65536,
+                 "image_size": 4096, "projection_dim": 8192}
+#: Two sentences a working tokenizer must tell apart (a folder without tokenizer files gives one id list).
+_PROBES = ("a photo of a flawless object.", "a photo of a damaged object.")
+
+
 def _family_of(folder: Path) -> str | None:
-    try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{folder / 'config.json'}: not a readable transformers config ({err})") from err
-    return {"clip": "clip", "siglip": "siglip2", "siglip2": "siglip2"}.get(model_type)
+    """The family a checkpoint folder's config.json describes, after its sizes are checked."""
+    from tipsomaly_lite.io.jsonfile import read_json
+
+    config = read_json(folder / "config.json", what="transformers config")
+    for part in (config, config.get("text_config") or {}, config.get("vision_config") or {}):
+        for key, bound in CONFIG_BOUNDS.items():
+            value = part.get(key) if isinstance(part, dict) else None
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= bound):
+                raise ValueError(f"{folder / 'config.json'}: {key}={value!r}; expected an integer in 1..{bound}")
+    return {"clip": "clip", "siglip": "siglip2", "siglip2": "siglip2"}.get(config.get("model_type", ""))
+
+
+def _check_loaded(target: str, model: nn.Module, info: dict[str, Any], tokenizer: "_HubTokenizer") -> None:
+    """Refuse a checkpoint that would load but score nonsense: randomly initialised tensors (strict
+    loading), NaN/inf weights, a scale that is not a positive finite number, or a tokenizer that gives
+    different sentences the same ids.
+
+    Raises:
+        ValueError: naming the folder (or hub id) and what is wrong.
+    """
+    missing = sorted({*info.get("missing_keys", ()), *(k[0] if isinstance(k, tuple) else k
+                                                       for k in info.get("mismatched_keys", ()))})
+    if missing:
+        raise ValueError(f"{target}: {len(missing)} weight tensors are missing or of the wrong shape "
+                         f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); they would be random: "
+                         "not a complete checkpoint")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{target}: weight {name} holds NaN or infinite values")
+    scale = float(model.logit_scale.detach().float().exp())
+    if not math.isfinite(scale) or not 0 < scale <= 1e4:
+        raise ValueError(f"{target}: logit_scale gives a scale of {scale:g}; expected a positive finite number")
+    ids, _ = tokenizer(list(_PROBES))
+    if torch.equal(ids[0], ids[1]):
+        raise ValueError(f"{target}: the tokenizer gives the same ids to different sentences (are its files "
+                         "missing?); every score would be the same")
 
 
 def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int | None = None,
@@ -382,7 +422,7 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
 
         kwargs = {"cache_dir": str(cache_dir() / "hf"), "local_files_only": not download}
     try:
-        model = AutoModel.from_pretrained(target, **kwargs)
+        model, info = AutoModel.from_pretrained(target, output_loading_info=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
     except OSError as err:
         from tipsomaly_lite.io.download import DownloadError
@@ -395,10 +435,19 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     mean, std = _STATS[family]
     processor_file = Path(target) / "preprocessor_config.json" if is_local else None
     if processor_file is not None and processor_file.is_file():
-        stats = json.loads(processor_file.read_text(encoding="utf-8"))
-        mean, std = tuple(stats.get("image_mean", mean)), tuple(stats.get("image_std", std))
+        from tipsomaly_lite.io.jsonfile import read_json
+
+        stats = read_json(processor_file, what="preprocessor config")
+        mean, std = stats.get("image_mean", mean), stats.get("image_std", std)
+        for name, values, low, high in (("image_mean", mean, 0.0, 1.0), ("image_std", std, 1e-3, 10.0)):
+            if not (isinstance(values, (list, tuple)) and len(values) == 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high for v in values)):
+                raise ValueError(f"{processor_file}: {name}={values!r}; expected three numbers in [{low:g}, {high:g}]")
+        mean, std = tuple(map(float, mean)), tuple(map(float, std))
     max_len = int(model.config.text_config.max_position_embeddings)
-    backbone = cls(model, _HubTokenizer(tokenizer, max_len), variant=variant, source=str(target),
+    hub_tokenizer = _HubTokenizer(tokenizer, max_len)
+    _check_loaded(str(target), model, info, hub_tokenizer)
+    backbone = cls(model, hub_tokenizer, variant=variant, source=str(target),
                    image_size=image_size, image_mean=mean, image_std=std, **options)
     return backbone.place(device, dtype)
 

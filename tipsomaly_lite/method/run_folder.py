@@ -40,6 +40,7 @@ from torch import Tensor
 from tipsomaly_lite import __version__, distributed
 from tipsomaly_lite.backbones.base import Backbone
 from tipsomaly_lite.io.atomic import LockedError, atomic_file, file_lock
+from tipsomaly_lite.io.jsonfile import read_json
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 
 #: A :class:`~tipsomaly_lite.method.training.TrainConfig` (a dataclass; named loosely here because training
@@ -198,7 +199,7 @@ def _resumed_history(run_dir: Path, checkpoint: Path, done: int, n_batches: int)
     """
     rows = _checkpoint_history(checkpoint)
     if rows is None and (run_dir / "history.json").is_file():
-        rows = json.loads((run_dir / "history.json").read_text())["steps"]
+        rows = read_json(run_dir / "history.json", what="training history")["steps"]
     rows = [row for row in rows or [] if row["epoch"] <= done]
     counts = [sum(1 for r in rows if r["epoch"] == e) for e in range(1, done + 1)]
     if counts != [n_batches] * done:
@@ -245,7 +246,7 @@ def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:
     """Refuse to resume a run folder whose recorded data, model or settings differ from this call's."""
     path = run_dir / "config.json"
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path, what="run config")
         saved_train = saved["train"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: cannot resume: the run's config is missing or unreadable "

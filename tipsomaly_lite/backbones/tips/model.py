@@ -10,7 +10,6 @@ Taught in notebooks/01_loading_tips.ipynb.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -224,13 +223,15 @@ def load_tips_files(vision: str | os.PathLike, text: str | os.PathLike, tokenize
 
 def _config_heads(config: Path) -> int | None:
     """``vision_config.num_attention_heads`` of a HuggingFace config.json, checked for type."""
+    from tipsomaly_lite.io.jsonfile import JSONFileError, read_json
+
     try:
-        cfg = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config}: not valid JSON ({exc}); download it again") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_config", {}), dict):
+        cfg = read_json(config, what="HuggingFace config")
+    except JSONFileError as exc:
+        raise CheckpointError(f"{exc}; download it again") from None
+    if not isinstance(cfg.get("vision_config", {}), dict):
         raise CheckpointError(f"{config}: expected a JSON object with a 'vision_config' object, got "
-                              f"{type(cfg).__name__ if not isinstance(cfg, dict) else 'vision_config=' + repr(cfg.get('vision_config'))[:60]}")
+                              f"vision_config={repr(cfg.get('vision_config'))[:60]}")
     heads = cfg.get("vision_config", {}).get("num_attention_heads")
     if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0):
         raise CheckpointError(f"{config}: vision_config.num_attention_heads is {heads!r}; expected a positive "
