@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 import subprocess
 import sys
 
@@ -58,6 +59,19 @@ def test_train_resume_evaluate(data_root, tmp_path, capsys):
     assert config["prompt_set"]["name"] == "industrial_v0"  # follows the run's sentences
     rows = list(csv.reader((ev / "results.csv").open()))
     assert [r[1] for r in rows[1:]] == ["carpet", "hex_nut", "mean"]
+
+    # The run's provenance is compared by content: other sentences, or another backbone, are one line in words.
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["evaluate", *common, "--prompts", str(run), "--prompt-set", "industrial",
+                     "--out", str(tmp_path / "other_set")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "the prompt set's sentences differ" in err and len(err.splitlines()) == 1 and "sha256" not in err
+        assert main(["evaluate", *common, "--prompts", str(run), "--backbone", "clip", "--variant", "tiny",
+                     "--out", str(tmp_path / "other_backbone")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "the backbone family: 'tips' then, 'clip' now" in err and len(err.splitlines()) == 1
 
 
 def test_evaluate_training_free_and_authors_format_prompts(data_root, tmp_path, capsys):

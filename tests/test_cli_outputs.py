@@ -190,7 +190,7 @@ def test_train_refuses_to_resume_another_run_then_no_resume_starts_again(data_ro
     capsys.readouterr()
     assert _train(data_root, run, "--epochs", "2", "--image-size", "84") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "image_size" in err[0] and "--no-resume" in err[0]
+    assert len(err) == 1 and "the image size: 56 then, 84 now" in err[0] and "--no-resume" in err[0]
     assert _train(data_root, run, "--epochs", "1", "--image-size", "84", "--no-resume") == 0
     assert json.loads((run / "config.json").read_text())["image_size"] == 84
 

@@ -269,3 +269,91 @@ def test_an_archive_extracts_inside_its_target_or_is_one_error(tmp_path_factory,
             return
     outside = {p for p in root.rglob("*")} - before - {target} - set(target.rglob("*"))
     assert not outside, (SEED, outside)
+
+
+# ------------------------------------------------------------------ hostile prompt files
+
+@st.composite
+def hostile_prompt_files(draw):
+    """Bytes, or a valid container (safetensors / torch zip) holding the wrong, NaN or mis-shaped tensors."""
+    import torch
+    from safetensors.torch import save as save_safetensors
+
+    kind = draw(st.sampled_from(["bytes", "safetensors", "torch-zip"]))
+    if kind == "bytes":
+        return ".pth", draw(st.binary(max_size=200))
+    shape = (draw(st.integers(0, 3)), draw(st.sampled_from([0, 1, 64])))
+    fill = draw(st.sampled_from([0.0, 1.0, float("nan"), float("inf")]))
+    keys = draw(st.lists(st.sampled_from(["normal", "anomalous", "other"]), max_size=3, unique=True))
+    tensors = {k: torch.full(shape, fill) for k in keys}
+    if kind == "safetensors":
+        return ".safetensors", save_safetensors(tensors)
+    buf = io.BytesIO()
+    torch.save(list(tensors.values()), buf)
+    return ".pth", buf.getvalue()
+
+
+@seed(SEED)
+@ATTACKS
+@given(file=hostile_prompt_files())
+def test_any_prompt_file_gives_finite_prompts_or_one_error_naming_it(tmp_path_factory, file):
+    import torch
+
+    from tipsomaly_lite.method.prompt_files import load_prompts
+
+    suffix, payload = file
+    path = tmp_path_factory.mktemp("prompts") / f"prompts{suffix}"
+    path.write_bytes(payload)
+    with no_hang("loading a prompt file"):
+        try:
+            normal, anomalous = load_prompts(path)[0]
+        except ValueError as err:
+            assert str(path) in str(err) and "weights_only=False" not in str(err), (SEED, str(err))
+            return
+    for t in (normal, anomalous):
+        assert t.ndim == 2 and t.numel() > 0 and bool(torch.isfinite(t).all()), SEED
+
+
+# ------------------------------------------------------------------ hostile model folders
+
+config_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.floats(allow_nan=False),
+                          st.text(max_size=6), st.lists(st.integers(0, 9), max_size=3))
+
+
+@seed(SEED)
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(heads=config_values, extra=st.dictionaries(st.sampled_from(["model_type", "hidden_size", "vision_config"]),
+                                                  config_values, max_size=2),
+       weights=st.sampled_from(["ok", "nan", "missing", "truncated"]))
+def test_any_model_folder_loads_whole_or_is_one_error_naming_it(tmp_path_factory, tiny_tokenizer_path, heads, extra,
+                                                                weights):
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    from helpers.hostile import hf_folder
+    from tipsomaly_lite.backbones import load_tips
+    from tipsomaly_lite.io.download import DownloadError
+
+    config = json.dumps({"vision_config": {"num_attention_heads": heads}, **extra})
+    folder = hf_folder(tmp_path_factory.mktemp("model") / "m", tiny_tokenizer_path, config=config)
+    file = folder / "model.safetensors"
+    if weights == "truncated":
+        file.write_bytes(file.read_bytes()[:3000])
+    elif weights != "ok":
+        state = load_file(str(file))
+        name = sorted(state)[0]
+        if weights == "nan":
+            state[name] = np.full_like(state[name], np.nan)
+        else:
+            del state[name]
+        save_file(state, str(file))
+    with no_hang("loading a model folder"):
+        try:
+            model = load_tips(f"hf:{folder}")
+        except (ValueError, DownloadError) as err:
+            assert str(folder) in str(err) and "\n" not in str(err).strip(), (SEED, str(err))
+            return
+    assert weights == "ok", (SEED, weights)  # a damaged folder never loads
+    feats = model.encode_features(torch.rand(1, 3, 28, 28))
+    assert all(bool(torch.isfinite(v).all()) for v in feats.values()), SEED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -61,10 +62,15 @@ def one_epoch(tiny, toy, tmp_path):
     return run
 
 
-def _refused(match, *args, **kwargs):
+def _refused(field, *args, **kwargs):
+    """Training refuses to resume, naming ``field`` in words (a recorded key, or a regex)."""
+    from tipsomaly_lite.method.run_folder import FIELD_WORDS
+
+    match = re.escape(FIELD_WORDS[field]) if field in FIELD_WORDS else field
     with pytest.raises(ValueError, match=match) as info:
         train_prompts(*args, **kwargs)
     assert "--no-resume" in str(info.value) and "--out" in str(info.value)
+    return str(info.value)
 
 
 def test_resume_refuses_another_dataset(tiny, toy, one_epoch, tmp_path):
@@ -115,7 +121,26 @@ def test_resume_refuses_a_run_config_it_cannot_check(tiny, toy, one_epoch, damag
         config = json.loads(path.read_text())
         del config["backbone_fingerprint"]
         path.write_text(json.dumps(config))
-    _refused("config|not recorded", tiny, toy, TrainConfig(epochs=2, **CFG), one_epoch, progress=False)
+    _refused("config|not recorded|differ", tiny, toy, TrainConfig(epochs=2, **CFG), one_epoch, progress=False)
+
+
+def test_resume_compares_the_prompt_sentences_by_content_not_by_name(tiny, toy, tmp_path):
+    custom = tmp_path / "mine.json"
+    custom.write_text(json.dumps({"normal_states": ["{}"], "anomalous_states": ["broken {}"],
+                                  "templates": ["a photo of a {}."]}))
+    run = tmp_path / "run"
+    train_prompts(tiny, toy, TrainConfig(epochs=1, **{**CFG, "prompt_set": str(custom)}), run, progress=False)
+    custom.write_text(json.dumps({"normal_states": ["{}"], "anomalous_states": ["cracked {}"],  # same name
+                                  "templates": ["a photo of a {}."]}))
+    said = _refused("prompt_sentences", tiny, toy, TrainConfig(epochs=2, **{**CFG, "prompt_set": str(custom)}), run,
+                    progress=False)
+    assert "sha256" not in said and "the prompt set's sentences differ" in said
+
+
+def test_resume_refuses_other_starting_prompts(tiny, toy, one_epoch):
+    start = (torch.zeros(8, tiny.text_width), torch.ones(8, tiny.text_width))  # 8 vectors, the default
+    _refused("initial_prompts", tiny, toy, TrainConfig(epochs=2, **CFG), one_epoch, progress=False,
+             initial_prompts=start)
 
 
 def test_more_epochs_and_another_cache_still_resume(tiny, toy, one_epoch):

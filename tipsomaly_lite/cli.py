@@ -223,9 +223,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _detector(args: argparse.Namespace, model, prompts: Any, source: str, prompt_set: str):
+def _detector(args: argparse.Namespace, model, prompts: Any, source: str, record: dict[str, Any], run: Any = None):
+    """The detector for learned ``prompts`` (None: fixed prompts); ``record`` is their run's, whose
+    prompt set is followed unless --prompt-set says otherwise, and whose backbone and sentences must match."""
     from tipsomaly_lite.method.detector import Detector
+    from tipsomaly_lite.method.prompt_files import check_trained_with, prompt_set_for, run_settings
+    from tipsomaly_lite.method.prompts import get_prompt_set
 
+    prompt_set = get_prompt_set(prompt_set_for(run_settings(record), args.prompt_set))
+    check_trained_with(record, model, prompt_set, run)  # before the prompts meet this model
     detector = Detector(model, prompts, prompt_set=prompt_set, mode=getattr(args, "mode", None), token=args.token,
                         sigma=args.sigma, prompts_source=source)
     print(detector)
@@ -236,17 +242,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tipsomaly_lite.data.datasets import find_prepared
     from tipsomaly_lite.eval.evaluation import evaluate
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
-    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for, run_settings
+    from tipsomaly_lite.method.prompt_files import load_prompts, run_record, run_settings
 
     root = find_prepared(args.data_root, args.dataset)  # cheap checks before loading the model
     prompts, source = load_prompts(args.prompts, args.released)
+    record = run_record(args.prompts)
     out = Path(args.out or Path("runs") / "eval" / args.dataset)
     inputs = {"the dataset": root, "--prompts": args.prompts, **_cache_input()}
     distributed.main_only(claim_folder, out, command="evaluate", inputs=inputs)  # before the long part
     model = _load_model(args)
     dataset = _dataset(args, root, model)
-    train = run_settings(args.prompts)  # the prompts' training seed and settings, when they are our run's
-    detector = _detector(args, model, prompts, source, prompt_set_for(train, args.prompt_set))
+    detector = _detector(args, model, prompts, source, record, args.prompts)
+    train = run_settings(record)  # the prompts' training seed and settings, when they are our run's
     result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                       num_workers=args.workers, progress=not args.quiet,
                       extra_config={"seed": train.get("seed"), "prompts_training": train} if train else {"seed": None})
@@ -265,7 +272,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
     from tipsomaly_lite.io.atomic import atomic_file
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
-    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for, run_settings
+    from tipsomaly_lite.method.prompt_files import load_prompts, run_record
 
     root = Path(args.data_root)
     keys = args.datasets or [k for k in DATASET_KEYS if (root / k / "meta.json").is_file()]
@@ -280,17 +287,17 @@ def _benchmark(args: argparse.Namespace) -> int:
         run = None if args.training_free else runs[source]
         prompts, where = (None, "none") if args.training_free else load_prompts(run, None if run else source)
         where = f"{run} (trained on {source})" if run else where
-        plan[key] = (prompts, where, prompt_set_for(run_settings(run), args.prompt_set))
+        plan[key] = (prompts, where, run_record(run), run)
     out = Path(args.out)
     inputs = {"the datasets": [root / k for k in keys], "--mvtec-prompts": args.mvtec_prompts,
               "--visa-prompts": args.visa_prompts, **_cache_input()}
     distributed.main_only(claim_folder, out, command="benchmark", inputs=inputs)
     model = _load_model(args)
     results = {}
-    for key, (prompts, source, prompt_set) in plan.items():
+    for key, (prompts, source, record, run) in plan.items():
         dataset = AnomalyDataset(root / key, image_size=model.image_size, key=key)
         print(f"\n== {key}: {dataset}\n   prompts: {source}")
-        detector = _detector(args, model, prompts, source, prompt_set)
+        detector = _detector(args, model, prompts, source, record, run)
         results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                                 num_workers=args.workers, progress=not args.quiet)
         if distributed.is_main():  # under torchrun rank 0 alone writes
@@ -307,7 +314,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
-    from tipsomaly_lite.method.prompt_files import load_prompts, prompt_set_for, run_settings
+    from tipsomaly_lite.method.prompt_files import load_prompts, run_record
     from tipsomaly_lite.predict import image_files, overlay_names, predict_images
 
     files = image_files(args.images)
@@ -316,7 +323,7 @@ def _predict(args: argparse.Namespace) -> int:
     claim_folder(args.out, command="predict", inputs={"--images": args.images, "--prompts": args.prompts,
                                                       **_cache_input()})
     model = _load_model(args)
-    detector = _detector(args, model, prompts, source, prompt_set_for(run_settings(args.prompts), args.prompt_set))
+    detector = _detector(args, model, prompts, source, run_record(args.prompts), args.prompts)
     result = predict_images(detector, files, args.class_name, args.out, names=names, batch_size=args.batch_size)
     finish_folder(args.out, "predict")
     print(f"wrote {result.scores_csv} ({len(result.rows)} images scored, {len(result.failed)} failed; scores lie in "

@@ -1,8 +1,8 @@
 """Learned prompts from wherever they are kept: a train run folder, a prompt file, or the authors' release.
 
 :func:`load_prompts` is what ``--prompts``, ``--released`` and ``--init-prompts`` read, in one
-place; :func:`run_settings` reads the ``train`` settings a run folder recorded, so learned prompts
-keep the sentences (prompt set) they were trained with.
+place; :func:`run_record` reads what a run folder recorded, so learned prompts keep the sentences
+(prompt set) they were trained with, and :func:`check_trained_with` refuses them for another backbone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from tipsomaly_lite.method.prompts import DEFAULT_PROMPT_SET
 
-__all__ = ["load_prompts", "run_settings", "prompt_set_for"]
+__all__ = ["load_prompts", "run_record", "run_settings", "prompt_set_for", "check_trained_with"]
 
 
 def load_prompts(path: str | os.PathLike | None = None, released: str | None = None) -> tuple[
@@ -54,8 +54,8 @@ def load_prompts(path: str | os.PathLike | None = None, released: str | None = N
     return load_prompt_file(p), str(p)
 
 
-def run_settings(path: str | os.PathLike | None) -> dict[str, Any]:
-    """The ``train`` settings a run folder's ``config.json`` recorded (``{}`` for anything else).
+def run_record(path: str | os.PathLike | None) -> dict[str, Any]:
+    """What a train run folder's ``config.json`` recorded (``{}`` for anything else: a prompt file, None).
 
     Raises:
         JSONFileError: the run folder's config.json is not a readable settings file (named).
@@ -65,8 +65,44 @@ def run_settings(path: str | os.PathLike | None) -> dict[str, Any]:
     config = Path(path) / "config.json" if path else None
     if config is None or not config.is_file():
         return {}
-    train = read_json(config, what="run config").get("train", {})
+    return read_json(config, what="run config")
+
+
+def run_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``train`` settings of a run record (:func:`run_record`), ``{}`` when there are none."""
+    train = record.get("train", {})
     return train if isinstance(train, dict) else {}
+
+
+def check_trained_with(record: dict[str, Any], model: Any, prompt_set: Any, where: str | os.PathLike) -> None:
+    """Refuse learned prompts whose run recorded another backbone or other prompt sentences.
+
+    Compares, by content, what the run recorded and this call has: the backbone family and variant, its
+    weights (when both use the same dtype: a bf16 copy has another fingerprint) and the prompt set's
+    sentences. Fields the run did not record are not compared.
+
+    Args:
+        record: the run's :func:`run_record` (``{}``: nothing to compare).
+        model: the loaded :class:`~tipsomaly_lite.backbones.base.Backbone`.
+        prompt_set: the :class:`~tipsomaly_lite.method.prompts.PromptSet` the detector uses.
+        where: the run folder, for the message.
+    Raises:
+        ValueError: one line naming the differing fields in words.
+    """
+    from tipsomaly_lite.method.run_folder import differences
+
+    if not record:
+        return
+    ours = {"backbone": model.family, "variant": model.variant, "dtype": str(model.dtype).removeprefix("torch."),
+            "prompt_sentences": {k: v for k, v in prompt_set.to_dict().items() if k != "name"}}
+    fields = ["backbone", "variant", "prompt_sentences"]
+    if record.get("dtype", "float32") == ours["dtype"] and "backbone_fingerprint" in record:
+        ours["backbone_fingerprint"] = model.fingerprint()
+        fields.append("backbone_fingerprint")
+    said = differences(record, ours, [f for f in fields if f in record])
+    if said:
+        raise ValueError(f"--prompts {where}: these prompts were trained with another setup ({said}); use the "
+                         "backbone and prompt set they were trained with, or train prompts for this one")
 
 
 def prompt_set_for(settings: dict[str, Any], asked: str | None = None) -> str:

@@ -29,7 +29,7 @@ import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -57,9 +57,20 @@ _CKPT = re.compile(r"epoch_(\d+)\.safetensors$")
 #: Training settings (:class:`TrainConfig` fields) that must match for a run to be resumed. The epochs
 #: may grow, and the cache settings may change freely: they change where features are kept, not the run.
 _RESUME_SETTINGS = ("lr", "betas", "batch_size", "seed", "n_tokens", "prompt_set", "class_word", "shuffle")
-#: Facts of config.json about the data and the model that must match as well.
-_RESUME_FACTS = ("dataset", "dataset_key", "classes", "samples", "n_images", "image_size", "variant",
-                 "backbone_fingerprint")
+#: Facts of config.json about the data, the model and the start that must match as well.
+_RESUME_FACTS = ("dataset", "dataset_key", "classes", "samples", "n_images", "image_size", "backbone", "variant",
+                 "backbone_fingerprint", "dtype", "prompt_sentences", "initial_prompts")
+#: What each recorded field is, in words, for the one line that refuses a mismatch.
+FIELD_WORDS = {"lr": "the learning rate", "betas": "Adam's betas", "batch_size": "the batch size", "seed": "the seed",
+               "n_tokens": "the number of prompt vectors", "prompt_set": "the prompt set's name",
+               "class_word": "the class word", "shuffle": "the shuffling", "dataset": "the dataset folder",
+               "dataset_key": "the dataset key", "classes": "the classes", "samples": "the training images "
+               "(paths, masks, labels)", "n_images": "the number of images", "image_size": "the image size",
+               "backbone": "the backbone family", "variant": "the backbone variant",
+               "backbone_fingerprint": "the backbone's weights", "dtype": "the vision tower's dtype",
+               "prompt_sentences": "the prompt set's sentences", "initial_prompts": "the starting prompts"}
+#: Fields recorded as digests or long lists: said to differ, not printed.
+_NOT_PRINTED = ("samples", "backbone_fingerprint", "prompt_sentences", "initial_prompts", "classes")
 _HOW = "pass --no-resume (resume=False) to start again in this folder, or use a new --out folder"
 
 
@@ -228,10 +239,30 @@ def _describe_start(start: dict[str, Tensor], seed: int) -> str:
     return f"given: sha256 {digest[:16]} of the float32 (normal, anomalous)"
 
 
+def differences(saved: dict[str, Any], ours: dict[str, Any], fields: Iterable[str]) -> str:
+    """The recorded ``fields`` that differ between two records, in words (``""`` when none do).
+
+    Digests and long lists are said to differ; short values are shown as ``then -> now``.
+    """
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples == lists
+    said = []
+    for k in fields:
+        a, b = saved.get(k, "(not recorded)"), ours.get(k)
+        if not same(a, b):
+            words = FIELD_WORDS.get(k, k)
+            said.append(f"{words} differ" if k in _NOT_PRINTED else f"{words}: {a!r} then, {b!r} now")
+    return "; ".join(said)
+
+
 def _run_config(model: Backbone, dataset: Any, config: TrainSettings, start: dict[str, Tensor]) -> dict[str, Any]:
-    """config.json: the training settings, the data, the model and the versions."""
+    """config.json: the training settings, the data, the model, the prompt sentences (by content) and the
+    versions."""
+    from tipsomaly_lite.method.prompts import get_prompt_set
+
     classes = getattr(dataset, "classes", None)
+    sentences = {k: v for k, v in get_prompt_set(config.prompt_set).to_dict().items() if k != "name"}
     return {"train": asdict(config), "backbone": model.family, "variant": model.variant,
+            "dtype": str(model.dtype).removeprefix("torch."), "prompt_sentences": sentences,
             "model_source": model.source, "backbone_fingerprint": model.fingerprint(),
             "offline_model": model.is_offline, "image_size": int(dataset.image_size),
             "dataset": str(getattr(dataset, "root", "?")), "dataset_key": getattr(dataset, "key", None),
@@ -251,13 +282,9 @@ def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: cannot resume: the run's config is missing or unreadable "
                          f"({type(exc).__name__}: {exc}); {_HOW}") from exc
-    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples == lists
-    diff = {k: (saved_train.get(k), ours["train"][k]) for k in _RESUME_SETTINGS
-            if not same(saved_train.get(k), ours["train"][k])}
-    diff.update({k: (saved.get(k, "(not recorded)"), ours[k]) for k in _RESUME_FACTS
-                 if not same(saved.get(k), ours[k])})
-    if diff:
-        shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
+    shown = "; ".join(d for d in (differences(saved_train, ours["train"], _RESUME_SETTINGS),
+                                  differences(saved, ours, _RESUME_FACTS)) if d)
+    if shown:
         raise ValueError(f"{run_dir}: cannot resume, this run was made with other settings, data or model ({shown}); "
                          f"{_HOW}")
 

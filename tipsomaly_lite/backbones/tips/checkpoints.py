@@ -204,7 +204,8 @@ def detect_architecture(vision_shapes: Mapping[str, tuple[int, ...]], text_shape
                 "pass num_heads= explicitly")
         num_heads = HEADS_BY_WIDTH[width]
     if width % num_heads:
-        raise CheckpointError(f"num_heads={num_heads} does not divide the width {width}")
+        raise CheckpointError(f"{vision_name}: num_heads={num_heads} (given, or from config.json) does not divide "
+                              f"the width {width}")
     return Architecture(width, depth, mlp_hidden, swiglu, grid, num_heads, text_width, text_depth, text_mlp, vocab)
 
 
