@@ -245,3 +245,14 @@ def test_a_folder_link_loop_is_not_followed(tmp_path):
     (tmp_path / "imgs" / "loop").symlink_to(tmp_path / "imgs")
     assert _predict([tmp_path / "imgs"], tmp_path / "out") == 0
     assert len(_scores(tmp_path / "out")) == 1
+
+
+def test_a_batch_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path, capsys, monkeypatch):
+    import tipsomaly_lite.io.images as images
+
+    monkeypatch.setattr(images, "available_memory", lambda: 40 * 30 * 3 * 4)  # half a 40x30 image's floats
+    _img(tmp_path / "imgs" / "a.png")
+    assert _predict([tmp_path / "imgs"], tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--batch-size" in err and "GiB" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "scores.csv").exists()

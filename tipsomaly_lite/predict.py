@@ -150,11 +150,12 @@ def predict_images(detector: Any, files: list[Path], class_name: str, out: str |
     Raises:
         ValueError: none of the images could be read (the first reason is named).
     """
-    from tipsomaly_lite.io.images import to_float_rgb
+    from tipsomaly_lite.io.images import check_batch_memory, to_float_rgb
     from tipsomaly_lite.method.maps import upsample_map
 
     model, out, result = detector.model, Path(out), PredictResult()
     for start in range(0, len(files), batch_size):
+        check_batch_memory(files[start:start + batch_size])  # from the headers, before anything is decoded
         readable, originals = [], []
         for f in files[start:start + batch_size]:
             try:

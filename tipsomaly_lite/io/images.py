@@ -22,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 __all__ = ["ImageLike", "MAX_PIXELS", "MIN_SIDE", "check_image_file", "check_pixels", "open_image", "to_float_rgb",
-           "resize_image", "binary_mask", "mask_tensor"]
+           "resize_image", "binary_mask", "mask_tensor", "available_memory", "check_batch_memory"]
 
 ImageLike = Union[Image.Image, np.ndarray, Tensor, str, os.PathLike]
 
@@ -174,3 +174,39 @@ def mask_tensor(binary: np.ndarray, size: int | None) -> torch.Tensor:
         resized = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
         binary = np.asarray(resized) > 127
     return torch.from_numpy(binary.astype(np.float32))[None]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_batch_memory(paths: list[str | os.PathLike], flag: str = "--batch-size") -> None:
+    """Refuse a batch whose decoded images (float32 RGB, from the headers) would not fit in free memory.
+
+    Checked before a pixel is decoded; a header that cannot be read is left to the reader, which names it.
+
+    Raises:
+        ValueError: naming the batch's size in images and GiB, the free memory and ``flag``.
+    """
+    free = available_memory()
+    if free is None:
+        return
+    need = 0
+    for path in paths:
+        try:
+            with Image.open(check_image_file(path)) as img:
+                width, height = img.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+        need += width * height * 3 * 4
+    if need > free // 2:  # the model, the maps and the overlays need the other half
+        raise ValueError(f"{flag}: the next {len(paths)} images need about {need / 2**30:.1f} GiB decoded, but only "
+                         f"{free / 2**30:.1f} GiB of memory is free; use a smaller {flag} or smaller images")
