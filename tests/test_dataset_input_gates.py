@@ -307,3 +307,15 @@ def test_dataset_key_not_matching_protocol_json_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="--dataset mvtec: .* was prepared as 'visa'"):
         AnomalyDataset(out, image_size=28, key="mvtec")
     assert len(AnomalyDataset(out, image_size=28, key="visa")) > 0
+
+
+def test_a_meta_json_that_is_not_a_regular_file_is_named_not_called_missing(tmp_path):
+    import os
+
+    from tipsomaly_lite.data.datasets import DatasetError, find_prepared, read_meta
+
+    (tmp_path / "toy").mkdir()
+    os.mkfifo(tmp_path / "toy" / "meta.json")  # reading it would block forever
+    assert find_prepared(tmp_path, "toy") == tmp_path / "toy"
+    with pytest.raises(DatasetError, match=r"meta\.json is not a regular file"):
+        read_meta(tmp_path / "toy")

@@ -332,7 +332,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(MEANINGLESS_TAG)
     if result.failed:
         print(f"tipsomaly predict: {len(result.failed)} of {len(files)} images could not be read and were skipped: "
-              + ", ".join(str(f) for f, _ in result.failed), file=sys.stderr)
+              + "; ".join(why for _, why in result.failed), file=sys.stderr)
         return 1  # partly done: the scores are written, but a script should notice
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +161,7 @@ def predict_images(detector: Any, files: list[Path], class_name: str, out: str |
                 originals.append(to_float_rgb(f))  # names the file when it cannot be read
                 readable.append(f)
             except (ValueError, OSError) as exc:  # one bad image must not cost the others their scores
-                result.failed.append((f, str(exc)))
-                print(f"tipsomaly predict: skipped {f}: {exc}", file=sys.stderr)
+                result.failed.append((f, str(exc)))  # named once, in the run's one summary line
         if not readable:
             continue
         pred = detector.predict(model.preprocess(originals, model.image_size), class_name)

@@ -421,6 +421,10 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
         from tipsomaly_lite.io.download import cache_dir
 
         kwargs = {"cache_dir": str(cache_dir() / "hf"), "local_files_only": not download}
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would break a command's one-line errors
     try:
         model, info = AutoModel.from_pretrained(target, output_loading_info=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
@@ -432,6 +436,9 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
                                     **options)
         raise DownloadError(f"could not load {target} for {family} ({type(err).__name__}: {err}). Offline? "
                             f"Pass a local folder (hf:/path) or use the offline tiny model") from err
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     mean, std = _STATS[family]
     processor_file = Path(target) / "preprocessor_config.json" if is_local else None
     if processor_file is not None and processor_file.is_file():

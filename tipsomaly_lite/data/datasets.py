@@ -100,7 +100,7 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any]:
     Taught in notebooks/00_setup.ipynb.
     """
     path = pathlib.Path(root) / "meta.json"
-    if not path.is_file():
+    if not os.path.lexists(path):  # anything else there (a FIFO, a folder) is refused by the JSON gate, by name
         raise DatasetError(f"{path} not found: a prepared dataset needs a meta.json at its root "
                            f"({META_FORMAT_HINT}). Prepare it with `tipsomaly prepare` "
                            "or build it from an MVTec-like folder with build_meta_from_mvtec_layout.")
@@ -303,7 +303,7 @@ def find_prepared(data_root: str | os.PathLike, key: str) -> pathlib.Path:
     """
     root = pathlib.Path(data_root)
     for candidate in (root / key, root):
-        if (candidate / "meta.json").is_file():
+        if os.path.lexists(candidate / "meta.json"):  # not only regular files: read_meta refuses the others by name
             return candidate
     raise FileNotFoundError(f"no prepared dataset at {root / key} (nor a meta.json in {root}); prepare it with "
                             f"`tipsomaly prepare {key} --source RAW --data-root {root}` "
