@@ -171,7 +171,7 @@ def test_evaluate_prints_its_table_before_writing(data_root, tmp_path, capsys, m
 def test_predict_refuses_a_bad_out_before_loading_anything(tmp_path, capsys, monkeypatch):
     import tipsomaly_lite.cli as cli
 
-    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("model loaded despite a bad --out"))
+    monkeypatch.setattr(cli.predict, "load_model", lambda args: pytest.fail("model loaded despite a bad --out"))
     _img(tmp_path / "imgs" / "x.png")
     (tmp_path / "f").write_text("x")
     assert _predict([tmp_path / "imgs"], tmp_path / "f") == 2

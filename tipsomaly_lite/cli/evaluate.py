@@ -1,0 +1,118 @@
+"""``tipsomaly evaluate`` (the six metrics per class on one dataset) and ``tipsomaly benchmark`` (the paper's table)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tipsomaly_lite import distributed
+from tipsomaly_lite.cli.common import (cache_input, command, data_args, detector_args, load_model, make_detector,
+                                     map_args, model_args, open_dataset)
+from tipsomaly_lite.io import flags
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tipsomaly_lite.data.datasets import find_prepared
+    from tipsomaly_lite.eval.evaluation import evaluate
+    from tipsomaly_lite.io.guard import claim_folder, finish_folder
+    from tipsomaly_lite.method.prompt_files import load_prompts, run_record, run_settings
+
+    root = find_prepared(args.data_root, args.dataset)  # cheap checks before loading the model
+    prompts, source = load_prompts(args.prompts, args.released)
+    record = run_record(args.prompts)
+    out = Path(args.out or Path("runs") / "eval" / args.dataset)
+    inputs = {"the dataset": root, "--prompts": args.prompts, **cache_input()}
+    distributed.main_only(claim_folder, out, command="evaluate", inputs=inputs)  # before the long part
+    model = load_model(args)
+    dataset = open_dataset(args, root, model)
+    detector = make_detector(args, model, prompts, source, record, args.prompts)
+    train = run_settings(record)  # the prompts' training seed and settings, when they are our run's
+    result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
+                      num_workers=args.workers, progress=not args.quiet,
+                      extra_config={"seed": train.get("seed"), "prompts_training": train} if train else {"seed": None})
+    print(result.to_markdown(paper=args.paper))  # shown even if writing fails after all (a full disk)
+    if distributed.is_main():
+        paths = result.save(out, paper=args.paper)
+        finish_folder(out, "evaluate")
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
+    from tipsomaly_lite.data.datasets import AnomalyDataset
+    from tipsomaly_lite.data.registry import DATASET_KEYS
+    from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
+    from tipsomaly_lite.io.atomic import atomic_file
+    from tipsomaly_lite.io.guard import claim_folder, finish_folder
+    from tipsomaly_lite.method.prompt_files import load_prompts, run_record
+
+    root = Path(args.data_root)
+    keys = args.datasets or [k for k in DATASET_KEYS if (root / k / "meta.json").is_file()]
+    missing = [k for k in keys if not (root / k / "meta.json").is_file()]
+    if missing or not keys:
+        raise FileNotFoundError(f"no prepared dataset for {missing or list(DATASET_KEYS)} under {root}; prepare "
+                                "them with `tipsomaly prepare KEY --source RAW --data-root DATA`")
+    runs = {"mvtec": args.mvtec_prompts, "visa": args.visa_prompts}
+    plan = {}  # every prompt file is fetched before the long part
+    for key in keys:
+        source = prompts_trained_on(key)
+        run = None if args.training_free else runs[source]
+        prompts, where = (None, "none") if args.training_free else load_prompts(run, None if run else source)
+        where = f"{run} (trained on {source})" if run else where
+        plan[key] = (prompts, where, run_record(run), run)
+    out = Path(args.out)
+    inputs = {"the datasets": [root / k for k in keys], "--mvtec-prompts": args.mvtec_prompts,
+              "--visa-prompts": args.visa_prompts, **cache_input()}
+    distributed.main_only(claim_folder, out, command="benchmark", inputs=inputs)
+    model = load_model(args)
+    results = {}
+    for key, (prompts, source, record, run) in plan.items():
+        dataset = AnomalyDataset(root / key, image_size=model.image_size, key=key)
+        print(f"\n== {key}: {dataset}\n   prompts: {source}")
+        detector = make_detector(args, model, prompts, source, record, run)
+        results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
+                                num_workers=args.workers, progress=not args.quiet)
+        if distributed.is_main():  # under torchrun rank 0 alone writes
+            results[key].save(out / key, paper=True)
+    table = benchmark_table(results)
+    if distributed.is_main():
+        with atomic_file(out / "benchmark.md", "w", encoding="utf-8") as f:
+            f.write(table)
+        finish_folder(out, "benchmark")
+    print("\n" + table)
+    print(f"wrote {out / 'benchmark.md'} and one folder per dataset under {out}")
+    return 0
+
+
+def add(sub: Any) -> None:
+    """Register ``evaluate`` and ``benchmark``."""
+    ev = sub.add_parser("evaluate", help="per-class metrics on a dataset -> results.md/.csv/.json")
+    data_args(ev)
+    model_args(ev)
+    detector_args(ev)
+    ev.add_argument("--aupro-mode", default="standard", choices=["standard", "compat"],
+                    help="standard (exact, FPR <= 0.3) or compat (the ZSAD papers' 200 thresholds)")
+    ev.add_argument("--paper", action="store_true", help="print the paper's numbers beside ours")
+    ev.add_argument("--out", default=None, help="output folder (default: runs/eval/<dataset>)")
+    ev.add_argument("--workers", type=flags.workers, default=0, help="DataLoader workers (default: 0)")
+    ev.set_defaults(func=command("evaluate", _evaluate))
+
+
+    bench = sub.add_parser("benchmark", help="the paper's table: every prepared dataset, cross-dataset prompts")
+    bench.add_argument("--data-root", default="data", help="folder holding the prepared datasets (default: data)")
+    bench.add_argument("--datasets", nargs="+", default=None, help="default: every prepared one of the seven")
+    model_args(bench)
+    bench.add_argument("--mvtec-prompts", default=None,
+                       help="run folder of prompts trained on MVTec AD (evaluate the others); default: released")
+    bench.add_argument("--visa-prompts", default=None,
+                       help="run folder of prompts trained on VisA (evaluate MVTec AD); default: released")
+    bench.add_argument("--training-free", action="store_true", help="fixed prompts only, no learned ones")
+    map_args(bench)
+    bench.add_argument("--aupro-mode", default="compat", choices=["standard", "compat"],
+                       help="compat (default here: the paper's recipe) or standard")
+    bench.add_argument("--workers", type=flags.workers, default=0, help="DataLoader workers (default: 0)")
+    bench.add_argument("--out", default="runs/benchmark", help="output folder (default: runs/benchmark)")
+    bench.set_defaults(func=command("benchmark", _benchmark))
+
