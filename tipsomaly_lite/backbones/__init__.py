@@ -7,6 +7,7 @@
 - :mod:`.registry`: the loadable families, one :func:`~tipsomaly_lite.backbones.registry.register`
   line each (module and loader, default variant, default image size, pip extra); see
   ``backbones/README.md`` for the table and how to add a family.
+- :mod:`.scoring_rule`: how a family turns cosines into (normal, anomalous) probabilities (softmax or sigmoid).
 - :mod:`.preprocess`: any image -> ``(B, 3, S, S)`` RGB tensors.
 - :mod:`.tips`: the TIPS port (vision tower, text tower, checkpoints, variant registry, tiny offline model).
 - :mod:`.hf`: CLIP and SigLIP2 from ``transformers`` (the ``backbones`` extra).
@@ -63,6 +64,7 @@ _LAZY = {
     "tipsomaly_lite.backbones.base": ("Backbone", "BackboneBase", "l2_normalize"),
     "tipsomaly_lite.backbones.hf": ("CLIPBackbone", "SigLIP2Backbone", "load_hf_backbone"),
     "tipsomaly_lite.backbones.preprocess": ("preprocess",),
+    "tipsomaly_lite.backbones.scoring_rule": ("ScoringRule", "SCORING_KINDS", "as_rule"),
     "tipsomaly_lite.backbones.tips.model": ("TIPS", "load_tips"),
     "tipsomaly_lite.backbones.tips.registry": ("BUCKET", "VARIANTS", "fetch_variant", "variant_is_cached"),
     "tipsomaly_lite.backbones.tips.checkpoints": ("PATCH_SIZE", "npz_shapes"),

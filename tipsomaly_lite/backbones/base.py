@@ -7,7 +7,8 @@ The method never reaches into a model's towers. It asks a :class:`Backbone` for:
 - text features of sentences (:meth:`~Backbone.encode_text`);
 - text features of sentences with learnable prompt vectors inserted where the text tower expects
   them (:meth:`~Backbone.prompted_text_inputs`, then :meth:`~Backbone.encode_prompted_text`);
-- the softmax temperature, device and dtype, a fingerprint of *all* its weights (cache keys), and
+- its scoring rule (:attr:`~Backbone.scoring_rule`: how cosines become probabilities), the softmax
+  temperature, device and dtype, a fingerprint of *all* its weights (cache keys), and
   :meth:`~Backbone.describe` for reports.
 
 :class:`BackboneBase` is the plumbing the families share (device/dtype, patch grid, preprocessing,
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from tipsomaly_lite.backbones.preprocess import check_size, preprocess
+from tipsomaly_lite.backbones.scoring_rule import ScoringRule
 
 __all__ = ["Backbone", "BackboneBase", "l2_normalize", "NORM_EPS", "VISION_DTYPES", "vision_dtype", "cpu_has_bf16",
            "warn_if_slow_bf16", "weights_fingerprint", "wants_tiny", "OFFLINE_BANNER"]
@@ -124,6 +126,9 @@ class Backbone(Protocol):
             e.g. ``("cls1", "cls2")`` for TIPS, ``("global",)`` for CLIP and SigLIP2.
         default_global_token: the one used for the image score unless asked otherwise.
         temperature: softmax temperature: logits are ``cos / temperature``.
+        scoring_rule: how cosines with the (normal, anomalous) texts become probabilities, the rule the
+            family declares (:class:`~tipsomaly_lite.backbones.scoring_rule.ScoringRule`: the two-way
+            softmax with :attr:`temperature`, or SigLIP2's independent sigmoids with scale and bias).
         text_width: width ``D`` of the text features, of the patch tokens and of one learnable prompt vector.
         device: where the weights live.
         dtype: the vision tower's dtype (float32 or bfloat16); features come back float32 either way.
@@ -137,6 +142,9 @@ class Backbone(Protocol):
     global_tokens: tuple[str, ...]
     default_global_token: str
     temperature: float
+
+    @property
+    def scoring_rule(self) -> ScoringRule: ...
 
     @property
     def text_width(self) -> int: ...
@@ -282,6 +290,14 @@ class BackboneBase(nn.Module):
 
     # --- shared plumbing -------------------------------------------------------------------------
 
+    @property
+    def scoring_rule(self) -> ScoringRule:
+        """The two-way softmax with :attr:`temperature` (a family scored otherwise overrides this).
+
+        Taught in notebooks/08_backbones.ipynb.
+        """
+        return ScoringRule.softmax(self.temperature)
+
     def _vision_weight(self) -> Tensor:
         for module in self._vision_modules():
             for tensor in module.parameters():
@@ -365,7 +381,8 @@ class BackboneBase(nn.Module):
         Returns:
             ``family``, ``class``, ``variant``, ``source``, ``offline``, ``image_size``,
             ``patch_size``, ``patch_grid`` ``[rows, cols]`` at ``image_size``, ``global_tokens``,
-            ``default_global_token``, ``text_width``, ``temperature``, ``dtype`` (the vision tower's,
+            ``default_global_token``, ``text_width``, ``temperature``, ``scoring_rule`` (its
+            :meth:`~tipsomaly_lite.backbones.scoring_rule.ScoringRule.describe`), ``dtype`` (the vision tower's,
             ``"float32"``/``"bfloat16"``), ``device`` and ``fingerprint``.
         """
         return {"family": self.family, "class": type(self).__name__, "variant": self.variant,
@@ -373,6 +390,7 @@ class BackboneBase(nn.Module):
                 "patch_size": int(self.patch_size), "patch_grid": list(self.patch_grid()),
                 "global_tokens": list(self.global_tokens), "default_global_token": self.default_global_token,
                 "text_width": int(self.text_width), "temperature": float(self.temperature),
+                "scoring_rule": self.scoring_rule.describe(),
                 "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
                 "fingerprint": self.fingerprint()}
 

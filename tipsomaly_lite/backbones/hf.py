@@ -15,7 +15,9 @@ let the same Tipsomaly pipeline run on the two families the ZSAD literature star
 
 The towers expect normalised pixels: images in [0, 1] are normalised with the checkpoint's
 mean/std inside :meth:`encode_features`, so datasets and masks stay as for TIPS (squashed to a
-square, no crop). Temperature: ``1 / exp(logit_scale)``.
+square, no crop). Scoring rules (:attr:`~HFBackbone.scoring_rule`): CLIP the two-way softmax with
+temperature ``1 / exp(logit_scale)``; SigLIP2 the authors' independent sigmoids,
+``sigmoid(cos * exp(logit_scale) + logit_bias)`` per state, with the checkpoint's scale and bias.
 
 ``load_hf_backbone("tiny", family="clip")`` builds a tiny random configuration locally (never
 downloaded) for the offline mode; its outputs are meaningless and it says so.
@@ -34,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from tipsomaly_lite.backbones.base import BackboneBase, l2_normalize, vision_dtype, wants_tiny
+from tipsomaly_lite.backbones.scoring_rule import ScoringRule
 
 __all__ = ["HF_FAMILIES", "SHORT_NAMES", "HFBackbone", "CLIPBackbone", "SigLIP2Backbone", "load_hf_backbone",
            "load_clip", "load_siglip2", "hf_family_for"]
@@ -154,7 +157,7 @@ class HFBackbone(BackboneBase):
         v, t = self.model.config.vision_config, self.model.config.text_config
         return [f"variant={self.variant!r}, width={v.hidden_size}, depth={v.num_hidden_layers}, "
                 f"text_width={t.hidden_size}, text_depth={t.num_hidden_layers}, image_size={self.image_size}, "
-                f"patch_grid={'x'.join(map(str, self.patch_grid()))}, temperature={self.temperature:.5g},",
+                f"patch_grid={'x'.join(map(str, self.patch_grid()))}, scoring={self.scoring_rule},",
                 f"source={self.source}"]
 
 
@@ -241,12 +244,23 @@ class CLIPBackbone(HFBackbone):
 
 
 class SigLIP2Backbone(HFBackbone):
-    """SigLIP2 as the Tipsomaly authors use it: attention-pooled global token, last hidden state as patches.
+    """SigLIP2 as the Tipsomaly authors use it: attention-pooled global token, last hidden state as patches,
+    and scored with independent sigmoids (:attr:`scoring_rule`).
 
     Taught in notebooks/08_backbones.ipynb.
     """
 
     family = "siglip2"
+
+    @property
+    def scoring_rule(self) -> ScoringRule:
+        """``sigmoid(cos * exp(logit_scale) + logit_bias)`` per state, the checkpoint's scale and bias.
+
+        SigLIP is trained with a pairwise sigmoid loss: each image-text pair is judged on its own, with
+        a learned bias, so its logits are calibrated per pair rather than as a softmax over candidates.
+        """
+        return ScoringRule.sigmoid(float(self.model.logit_scale.detach().float()),
+                                   float(self.model.logit_bias.detach().float()))
 
     @property
     def text_width(self) -> int:
@@ -314,6 +328,7 @@ def _tiny_model(family: str) -> tuple[nn.Module, int]:
                 model = transformers.SiglipModel(config)
                 with torch.no_grad():
                     model.logit_scale.fill_(math.log(100.0))  # a real SigLIP's scale is of that order
+                    model.logit_bias.fill_(-10.0)  # SigLIP's starting bias: pairs are unlikely until shown otherwise
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model, 32

@@ -16,6 +16,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tipsomaly_lite.backbones.scoring_rule import SCORING_KINDS
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT as _TIPS_DEFAULT_VARIANT
 
 __all__ = ["BackboneFamily", "FAMILIES", "DEFAULT_FAMILY", "register", "unregister", "get_family"]
@@ -37,6 +38,11 @@ class BackboneFamily:
         requires: top-level modules the extra provides; :meth:`load` says which extra to install
             when one is missing.
         description: one line for tables and ``--help``.
+        scoring: how the family turns cosines into (normal, anomalous) probabilities, one of
+            :data:`~tipsomaly_lite.backbones.scoring_rule.SCORING_KINDS`: ``"softmax"`` (two-way softmax
+            with a temperature: TIPS, CLIP) or ``"sigmoid"`` (independent sigmoids with the checkpoint's
+            scale and bias: SigLIP2). A loaded model's ``scoring_rule`` carries the numbers.
+        paper: the Tipsomaly paper reports results with this family (its numbers may stand beside a run).
     """
 
     name: str
@@ -47,6 +53,13 @@ class BackboneFamily:
     extra: str | None
     description: str
     requires: tuple[str, ...] = ()
+    scoring: str = "softmax"
+    paper: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORING_KINDS:
+            raise ValueError(f"backbone family {self.name!r}: scoring must be one of {SCORING_KINDS}, "
+                             f"got {self.scoring!r}")
 
     def load_function(self) -> Callable[..., Any]:
         """The loader, imported now.
@@ -116,11 +129,12 @@ def get_family(name: str) -> BackboneFamily:
 
 
 # One line per family. TIPS: the paper's input side (518) when loaded through load_backbone; the
-# others at their checkpoint's native size.
+# others at their checkpoint's native size. SigLIP2 is scored with sigmoids, as the authors score it.
 register(BackboneFamily("tips", "tipsomaly_lite.backbones.tips.model", "load_tips", _TIPS_DEFAULT_VARIANT, 518, None,
-                        "TIPS (Google DeepMind): the paper's backbone, two CLS tokens, /14 patches"))
+                        "TIPS (Google DeepMind): the paper's backbone, two CLS tokens, /14 patches", paper=True))
 register(BackboneFamily("clip", "tipsomaly_lite.backbones.hf", "load_clip", "l14-336", None, "backbones",
                         "OpenAI CLIP from transformers, the ZSAD baselines' backbone (plain, no tricks)",
                         ("transformers",)))
 register(BackboneFamily("siglip2", "tipsomaly_lite.backbones.hf", "load_siglip2", "so400m-256", None, "backbones",
-                        "Google SigLIP2 from transformers, attention-pooled global token", ("transformers",)))
+                        "Google SigLIP2 from transformers, attention-pooled global token", ("transformers",),
+                        scoring="sigmoid"))

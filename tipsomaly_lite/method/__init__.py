@@ -1,7 +1,8 @@
 """The Tipsomaly method, one module a step, in the paper's reading order (see docs/method.md).
 
 - :mod:`.prompts`: fixed prompt vocabularies and text features (Eq. 1).
-- :mod:`.scoring`: the two-way softmax for a global token or every patch (Eq. 2-3).
+- :mod:`.scoring`: (normal, anomalous) probabilities for a global token or every patch, by the backbone's
+  scoring rule (Eq. 2-3).
 - :mod:`.prompt_learner`: learnable pixel prompts (Eq. 4).
 - :mod:`.losses`: Focal + Dice on the patch probabilities (Eq. 5-7).
 - :mod:`.feature_cache`: frozen vision features computed once, reused by every epoch.
@@ -18,7 +19,8 @@ from tipsomaly_lite._api import face
 _PUBLIC = {
     "tipsomaly_lite.method.prompts": ("PROMPT_SETS", "DEFAULT_PROMPT_SET", "PromptSet", "TextFeatureBank",
                                       "SIMILARITY_PROMPTS", "ensemble", "get_prompt_set", "text_features"),
-    "tipsomaly_lite.method.scoring": ("two_way_probabilities", "global_score", "patch_probabilities"),
+    "tipsomaly_lite.method.scoring": ("two_way_probabilities", "global_score", "patch_probabilities",
+                                      "patch_evidence"),
     "tipsomaly_lite.method.prompt_learner": ("PromptLearner",),
     "tipsomaly_lite.method.losses": ("focal_loss", "dice_loss", "segmentation_loss", "fused_segmentation_loss"),
     "tipsomaly_lite.method.feature_cache": ("FeatureCache",),

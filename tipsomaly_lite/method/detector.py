@@ -26,7 +26,7 @@ from tipsomaly_lite.method.fusion import fuse_scores, local_score
 from tipsomaly_lite.method.maps import anomaly_map
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 from tipsomaly_lite.method.prompts import PromptSet, TextFeatureBank, get_prompt_set
-from tipsomaly_lite.method.scoring import global_score, patch_probabilities
+from tipsomaly_lite.method.scoring import global_score, patch_evidence, patch_probabilities
 from tipsomaly_lite.backbones.base import Backbone
 
 __all__ = ["MODES", "DEFAULT_SIGMA", "Prediction", "Detector"]
@@ -45,7 +45,7 @@ class Prediction:
     image_score: Tensor  # (B,) fused, in [0, 2] with unit weights
     global_score: Tensor  # (B,) P(anomalous) from the global token
     local_score: Tensor  # (B,) max patch P(anomalous)
-    patch_scores: Tensor  # (B, N) P(anomalous) of every patch
+    patch_scores: Tensor  # (B, N) P(anomalous) of every patch (the local score's max is over these)
     anomaly_map: Tensor | None  # (B, S, S) upsampled and smoothed, or None when not asked for
     global_by_token: dict[str, Tensor] = field(default_factory=dict)  # (B,) per global token, all reported
 
@@ -127,14 +127,17 @@ class Detector:
         if len(words) != b:
             raise ValueError(f"got {len(words)} class words for {b} images")
         image_text, pixel_text = self.text_features(words)
-        by_token = {t: global_score(features[t], image_text, self.model.temperature) for t in self.model.global_tokens}
+        rule = self.model.scoring_rule  # softmax (TIPS, CLIP) or independent sigmoids (SigLIP2)
+        by_token = {t: global_score(features[t], image_text, rule) for t in self.model.global_tokens}
         g = by_token[self.token]
-        patch_scores = patch_probabilities(patches, pixel_text, self.model.temperature)[..., 1]
+        probs = patch_probabilities(patches, pixel_text, rule)  # (B, N, 2)
+        patch_scores = probs[..., 1]
         fused = fuse_scores(g, patch_scores, self.global_weight, self.local_weight)
         amap = None
         if image_size is not None:
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-            amap = anomaly_map(patch_scores, self.model.patch_grid(size), size, sigma=self.sigma)
+            # The map shows the rule's evidence: p_anomalous, or (1 - p_normal + p_anomalous) / 2 for sigmoids.
+            amap = anomaly_map(patch_evidence(probs, rule), self.model.patch_grid(size), size, sigma=self.sigma)
         return Prediction(fused, g, local_score(patch_scores), patch_scores, amap, by_token)
 
     @torch.no_grad()
@@ -158,7 +161,7 @@ class Detector:
                 "n_prompt_tokens": self.n_prompt_tokens, "sigma": self.sigma, "map_filter":
                 "torch separable Gaussian, equal to scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)",
                 "global_weight": self.global_weight, "local_weight": self.local_weight,
-                "temperature": self.model.temperature}
+                "temperature": self.model.temperature, "scoring_rule": self.model.scoring_rule.describe()}
 
     def __repr__(self) -> str:
         return (f"Detector(mode={self.mode!r}, token={self.token!r}, prompt_set={self.prompt_set.name!r}, "

@@ -2,7 +2,8 @@
 
 ``s = global_weight * p_global + local_weight * max_i p_anomalous(z_i)``, both weights 1 in the
 paper, so ``s`` lies in [0, 2]. The max is over the raw patch probabilities, before any
-upsampling or smoothing.
+upsampling or smoothing. Under either scoring rule both terms are ``p_anomalous`` (for SigLIP2's
+sigmoids too, as the authors fuse them).
 
 Taught in notebooks/05_local_to_global_fusion.ipynb.
 """

@@ -267,7 +267,8 @@ def _run_config(model: Backbone, dataset: Any, config: TrainSettings, start: dic
             "offline_model": model.is_offline, "image_size": int(dataset.image_size),
             "dataset": str(getattr(dataset, "root", "?")), "dataset_key": getattr(dataset, "key", None),
             "classes": None if classes is None else list(classes), "samples": _samples_digest(dataset),
-            "n_images": len(dataset), "temperature": model.temperature, "tipsomaly_lite": __version__,
+            "n_images": len(dataset), "temperature": model.temperature,
+            "scoring_rule": model.scoring_rule.describe(), "tipsomaly_lite": __version__,
             "torch": torch.__version__, "python": platform.python_version(),
             "initial_prompts": _describe_start(start, config.seed),
             "world_size": distributed.world()[1]}  # processes sharing each batch (may change on resume)

@@ -1,7 +1,10 @@
-"""Scores from features: the (normal, anomalous) softmax for a global token or every patch (docs/method.md §2.2-2.3).
+"""Scores from features: (normal, anomalous) probabilities for a global token or every patch (docs/method.md §2.2-2.3).
 
-Both levels use the same two-way softmax over cosine similarities divided by the backbone's
-temperature; only the token (a CLS token or a patch) and the text features change.
+Both levels compare a token (a global token or a patch) with the two text features and turn the
+two cosines into probabilities with the backbone's scoring rule
+(:class:`~tipsomaly_lite.backbones.scoring_rule.ScoringRule`, ``model.scoring_rule``): the two-way
+softmax with a temperature for TIPS and CLIP, independent sigmoids with a scale and a bias for
+SigLIP2. A bare number where a rule is expected is a softmax temperature.
 
 Taught in notebooks/03_fixed_prompts.ipynb.
 """
@@ -11,8 +14,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from tipsomaly_lite.backbones.base import l2_normalize
+from tipsomaly_lite.backbones.scoring_rule import ScoringRule, as_rule
 
-__all__ = ["two_way_probabilities", "global_score", "patch_probabilities"]
+__all__ = ["two_way_probabilities", "global_score", "patch_probabilities", "patch_evidence"]
 
 
 def _per_image(text_features: Tensor, batch: int) -> Tensor:
@@ -24,13 +28,14 @@ def _per_image(text_features: Tensor, batch: int) -> Tensor:
     return text_features
 
 
-def two_way_probabilities(tokens: Tensor, text_features: Tensor, temperature: float) -> Tensor:
-    """``softmax([cos(z, t_n), cos(z, t_a)] / temperature)`` for every token.
+def two_way_probabilities(tokens: Tensor, text_features: Tensor, rule: ScoringRule | float) -> Tensor:
+    """``rule([cos(z, t_n), cos(z, t_a)])`` for every token: ``softmax(cos / temperature)`` or
+    ``sigmoid(cos * exp(logit_scale) + logit_bias)`` per state.
 
     Args:
         tokens: ``(B, N, D)``; normalised here (``x / max(||x||, 1e-3)``).
         text_features: ``(2, D)`` shared or ``(B, 2, D)`` per image, rows (normal, anomalous).
-        temperature: the backbone's temperature (cosines are divided by it).
+        rule: the backbone's ``scoring_rule``, or a softmax temperature.
     Returns:
         ``(B, N, 2)`` probabilities (normal, anomalous).
     Taught in notebooks/03_fixed_prompts.ipynb.
@@ -38,33 +43,44 @@ def two_way_probabilities(tokens: Tensor, text_features: Tensor, temperature: fl
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (B, N, D), got {tuple(tokens.shape)}")
     text = l2_normalize(_per_image(text_features, tokens.shape[0]).to(tokens))
-    logits = l2_normalize(tokens) @ text.transpose(1, 2) / temperature
-    return logits.softmax(dim=-1)
+    cosines = l2_normalize(tokens) @ text.transpose(1, 2)
+    return as_rule(rule).probabilities(cosines)
 
 
-def global_score(global_tokens: Tensor, text_features: Tensor, temperature: float) -> Tensor:
+def global_score(global_tokens: Tensor, text_features: Tensor, rule: ScoringRule | float) -> Tensor:
     """Image-level anomaly probability from a global (CLS) token (docs/method.md §2.2).
 
     Args:
-        global_tokens: ``(B, D)``, a CLS token per image.
+        global_tokens: ``(B, D)``, a global token per image.
         text_features: ``(2, D)`` or ``(B, 2, D)`` (each image's class).
-        temperature: the backbone's temperature.
+        rule: the backbone's ``scoring_rule``, or a softmax temperature.
     Returns:
         ``(B,)`` P(anomalous) in [0, 1].
     Taught in notebooks/03_fixed_prompts.ipynb.
     """
-    return two_way_probabilities(global_tokens[:, None], text_features, temperature)[:, 0, 1]
+    return two_way_probabilities(global_tokens[:, None], text_features, rule)[:, 0, 1]
 
 
-def patch_probabilities(patch_tokens: Tensor, text_features: Tensor, temperature: float) -> Tensor:
-    """Softmax over (normal, anomalous) for every patch (docs/method.md §2.3).
+def patch_probabilities(patch_tokens: Tensor, text_features: Tensor, rule: ScoringRule | float) -> Tensor:
+    """(normal, anomalous) probabilities for every patch (docs/method.md §2.3).
 
     Args:
         patch_tokens: ``(B, N, D)``.
         text_features: ``(2, D)`` or ``(B, 2, D)``, rows (normal, anomalous).
-        temperature: the backbone's temperature.
+        rule: the backbone's ``scoring_rule``, or a softmax temperature.
     Returns:
         ``(B, N, 2)`` probabilities.
     Taught in notebooks/02_spatial_alignment.ipynb.
     """
-    return two_way_probabilities(patch_tokens, text_features, temperature)
+    return two_way_probabilities(patch_tokens, text_features, rule)
+
+
+def patch_evidence(probs: Tensor, rule: ScoringRule | float) -> Tensor:
+    """``(B, N, 2)`` patch probabilities -> ``(B, N)`` the anomaly map's value of every patch.
+
+    Softmax: ``p_anomalous``; sigmoid: ``(1 - p_normal + p_anomalous) / 2``
+    (:meth:`~tipsomaly_lite.backbones.scoring_rule.ScoringRule.anomaly_evidence`). Upsampling and
+    smoothing are linear, so combining the channels before them equals combining after.
+    Taught in notebooks/08_backbones.ipynb.
+    """
+    return as_rule(rule).anomaly_evidence(probs)

@@ -44,6 +44,7 @@ from tipsomaly_lite.method import run_folder
 from tipsomaly_lite.method.feature_cache import FeatureCache
 from tipsomaly_lite.method.losses import LOSS_TERMS, fused_segmentation_loss, segmentation_loss
 from tipsomaly_lite.method.prompt_learner import PromptLearner
+from tipsomaly_lite.backbones.scoring_rule import ScoringRule, as_rule
 from tipsomaly_lite.method.scoring import patch_probabilities
 
 __all__ = ["TrainConfig", "TrainResult", "training_loss", "backward_step", "bilinear_matrix", "train_prompts",
@@ -56,7 +57,9 @@ MEMORY_CACHE_LIMIT = 2 * 2**30
 #: (``benchmarks/bench_training.py`` measures it) and what every released run was trained with.
 #: False: autograd through the readable definition,
 #: :func:`~tipsomaly_lite.method.losses.segmentation_loss`. The two give the same loss and gradient
-#: up to float rounding (tests/test_losses.py), so prompts differ only in the last bits.
+#: up to float rounding (tests/test_losses.py), so prompts differ only in the last bits. The
+#: hand-derived gradient assumes ``p_normal = 1 - p_anomalous`` (the softmax); a backbone scored with
+#: sigmoids (SigLIP2) always takes autograd.
 FUSED_GRADIENT = True
 
 
@@ -120,7 +123,7 @@ class TrainResult:
         return self.learner.prompts()
 
 
-def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, temperature: float,
+def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, rule: ScoringRule | float,
                   grid: tuple[int, int]) -> Tensor:
     """The loss of one batch (differentiable in the prompts), written as the paper states it.
 
@@ -130,7 +133,7 @@ def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
         learner: returns the text features ``(2, D)`` (normal, anomalous).
         patch_tokens: ``(B, N, D)`` L2-normalised, frozen.
         masks: ``mask (B, 1, S, S)`` in {0, 1}.
-        temperature: the backbone's softmax temperature.
+        rule: the backbone's ``scoring_rule`` (or a softmax temperature); its two channels are the loss's ``P``.
         grid: ``(gh, gw)`` with ``gh * gw = N``.
     Returns:
         scalar ``Focal(P, mask) + Dice(P_anomalous, mask) + Dice(P_normal, 1 - mask)``.
@@ -139,7 +142,7 @@ def training_loss(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     b, n, _ = patch_tokens.shape
     if grid[0] * grid[1] != n:
         raise ValueError(f"grid {grid} does not hold {n} patches")
-    probs = patch_probabilities(patch_tokens, learner(), temperature)  # (B, N, 2)
+    probs = patch_probabilities(patch_tokens, learner(), rule)  # (B, N, 2)
     probs = probs.transpose(1, 2).reshape(b, 2, *grid)
     probs = F.interpolate(probs, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     return segmentation_loss(probs, masks)
@@ -156,7 +159,7 @@ def bilinear_matrix(n_in: int, n_out: int) -> Tensor:
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
 
 
-def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, temperature: float,
+def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, rule: ScoringRule | float,
                   grid: tuple[int, int], terms: dict[str, float] | None = None, *, batch_size: int | None = None,
                   all_reduce: Callable[[Tensor], Any] | None = None) -> float:
     """:func:`training_loss` and its backward pass, image by image; returns the loss.
@@ -165,7 +168,8 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
     of per-image terms), but the 518 x 518 maps of one image at a time stay in the CPU cache
     instead of eight at once in memory, and the bilinear upsampling is done as two small matrix
     products (whose backward pass is much faster than ``upsample_bilinear2d``'s). The loss's
-    gradient is hand-derived or autograd's as :data:`FUSED_GRADIENT` says. The text tower runs
+    gradient is hand-derived or autograd's as :data:`FUSED_GRADIENT` says (the hand-derived one assumes
+    ``p_normal = 1 - p_anomalous``, so a sigmoid rule always takes autograd). The text tower runs
     once per step; its gradient is collected on a detached copy of the text features and pushed
     through once.
 
@@ -179,7 +183,7 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
         learner: returns the text features ``(2, D)``; its prompts receive the gradient.
         patch_tokens: ``(B, N, D)`` L2-normalised, frozen (``B`` may be 0 for a process with no share).
         masks: ``(B, 1, S, S)`` in {0, 1}.
-        temperature: the backbone's softmax temperature.
+        rule: the backbone's ``scoring_rule`` (or a softmax temperature).
         grid: ``(gh, gw)`` with ``gh * gw = N``.
         terms: when given, receives the batch's three loss terms (``focal``, ``dice_anomalous``,
             ``dice_normal``; they add up to the returned loss).
@@ -193,19 +197,26 @@ def backward_step(learner: PromptLearner, patch_tokens: Tensor, masks: Tensor, t
         raise ValueError(f"grid {grid} does not hold {n} patches")
     denominator = b if batch_size is None else batch_size
     rows, cols = (bilinear_matrix(g, s).to(patch_tokens) for g, s in zip(grid, masks.shape[-2:]))
+    rule = as_rule(rule)
+    fused = FUSED_GRADIENT and rule.complementary
     text = learner()
     text_leaf = text.detach().requires_grad_()
     total = 0.0
     per_image = dict.fromkeys(LOSS_TERMS, 0.0)
     for i in range(b):
-        # Only the anomalous channel u: the normal one is 1 - u (the softmax's two outputs sum to 1,
-        # and bilinear upsampling keeps that).
-        u = patch_probabilities(patch_tokens[i:i + 1], text_leaf, temperature)[..., 1]
-        u = rows @ u.reshape(1, *grid) @ cols.T  # (1, S, S) = F.interpolate(bilinear), as two GEMMs
-        if FUSED_GRADIENT:
+        probs = patch_probabilities(patch_tokens[i:i + 1], text_leaf, rule)  # (1, N, 2)
+        if rule.complementary:
+            # Only the anomalous channel u: the normal one is 1 - u (the softmax's two outputs sum to 1,
+            # and bilinear upsampling keeps that).
+            u = rows @ probs[..., 1].reshape(1, *grid) @ cols.T  # (1, S, S) = F.interpolate(bilinear), as two GEMMs
+            pair = None if fused else torch.stack([1 - u, u], dim=1)
+        else:  # independent sigmoids: both channels, each upsampled
+            pair = rows @ probs[0].T.reshape(2, *grid) @ cols.T  # (2, S, S)
+            pair = pair[None]
+        if fused:
             loss = fused_segmentation_loss(u, masks[i:i + 1], terms=per_image)
         else:
-            loss = segmentation_loss(torch.stack([1 - u, u], dim=1), masks[i:i + 1], terms=per_image)
+            loss = segmentation_loss(pair, masks[i:i + 1], terms=per_image)
         loss = loss / denominator
         loss.backward()
         total += float(loss.detach())
@@ -420,7 +431,7 @@ def _train_prompts(model: Backbone, dataset: Any, config: TrainConfig | None = N
                 optimizer.zero_grad(set_to_none=True)
                 terms: dict[str, float] = {}
                 shared = {"batch_size": len(batch), "all_reduce": distributed.all_reduce} if world_size > 1 else {}
-                loss = backward_step(learner, tokens, masks, model.temperature, grid, terms, **shared)
+                loss = backward_step(learner, tokens, masks, model.scoring_rule, grid, terms, **shared)
                 _stop_if_not_finite(f"the loss ({loss})", loss, epoch, step, folder)
                 optimizer.step()
                 _stop_if_not_finite("the prompts", torch.cat([learner.normal.detach(), learner.anomalous.detach()]),
