@@ -111,7 +111,7 @@ def bench_gradient(name: str, model: TIPS, dataset: AnomalyDataset, rounds: int,
     # The loss's input as training makes it: each image's upsampled anomalous probability (1, S, S).
     rows, cols = (bilinear_matrix(g, s).to(tokens) for g, s in zip(grid, masks.shape[-2:]))
     with torch.no_grad():
-        probs = patch_probabilities(tokens, learner(), model.temperature)[..., 1]
+        probs = patch_probabilities(tokens, learner(), model.scoring_rule)[..., 1]
         maps = [rows @ probs[i].reshape(1, *grid) @ cols.T for i in range(len(tokens))]
 
     def loss_only(fused: bool) -> None:
@@ -126,7 +126,7 @@ def bench_gradient(name: str, model: TIPS, dataset: AnomalyDataset, rounds: int,
     def whole_step(fused: bool) -> None:
         training.FUSED_GRADIENT = fused
         learner.zero_grad(set_to_none=True)
-        backward_step(learner, tokens, masks, model.temperature, grid)
+        backward_step(learner, tokens, masks, model.scoring_rule, grid)
 
     times = {(task, fused): [] for task in ("loss", "step") for fused in (True, False)}
     log(f"  {name}: fused vs autograd gradient, {rounds} rounds on {len(tokens)} images at {size} px ...")

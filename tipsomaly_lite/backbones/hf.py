@@ -49,6 +49,7 @@ SHORT_NAMES: dict[str, dict[str, str]] = {
                 "b16-224": "google/siglip2-base-patch16-224"},
 }
 HF_FAMILIES = tuple(SHORT_NAMES)
+_LABELS = {"clip": "CLIP", "siglip2": "SigLIP2"}  # in messages
 # Per-family image statistics when a checkpoint folder has no preprocessor_config.json.
 _STATS = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
           "siglip2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
@@ -382,6 +383,43 @@ def _check_loaded(target: str, model: nn.Module, info: dict[str, Any], tokenizer
                          "missing?); every score would be the same")
 
 
+class _Unreachable(OSError):
+    """The hub checkpoint is not cached and the hub cannot be reached (carries the one-line error)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _from_pretrained(target: str, family: str, is_local: bool, kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(model, loading info, tokenizer)`` through transformers' own ``from_pretrained``.
+
+    A hub id is looked up in the cache first, without the network; only when it is missing there is
+    the hub asked, and only when it answers (no retries against a network that is not there).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    def load(**extra: Any) -> tuple[Any, Any, Any]:
+        options = {**kwargs, **extra}
+        model, info = AutoModel.from_pretrained(target, output_loading_info=True, **options)
+        return model, info, AutoTokenizer.from_pretrained(target, **options)
+
+    if is_local or kwargs.get("local_files_only"):
+        return load()
+    try:
+        return load(local_files_only=True)
+    except OSError:
+        pass  # not (completely) in the cache: download, when the hub answers
+    from tipsomaly_lite.io.network import HUB_HOST, network_problem, unavailable
+
+    reason = network_problem(HUB_HOST)
+    if reason is not None:
+        raise _Unreachable(unavailable(f"{_LABELS[family]} {target}", reason,
+                                       f"or fetch them with a network first: load_backbone('{target}', "
+                                       f"family='{family}') in Python"))
+    return load()
+
+
 def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int | None = None,
                      device: str | torch.device = "cpu", download: bool = True, fallback_to_tiny: bool = False,
                      dtype: str | torch.dtype = "float32", **options: Any) -> HFBackbone:
@@ -417,16 +455,15 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     target = variant[3:] if variant.startswith("hf:") else SHORT_NAMES[family].get(variant, variant)
     is_local = variant != "tiny" and Path(target).is_dir()
     cls = _CLASSES[family]
+    from tipsomaly_lite.io.extras import require
+
+    require(("transformers",), extra="backbones", who=f"the {family} backbone")  # one line, not a traceback
     if wants_tiny(variant, needs_network=not is_local):
         model, max_len = _tiny_model(family)
         mean, std = _STATS[family]
         backbone = cls(model, _TinyTokenizer(family, max_len), variant="tiny", source="random init (tiny, offline)",
                        image_size=image_size, image_mean=mean, image_std=std, is_offline=True, **options)
         return backbone.place(device, dtype)
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as err:  # an optional extra
-        raise ImportError("CLIP and SigLIP2 need transformers: pip install 'tipsomaly_lite[backbones]'") from err
     if is_local:
         found = _family_of(Path(target))
         if found != family:
@@ -441,16 +478,19 @@ def load_hf_backbone(variant: str | None = None, *, family: str, image_size: int
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # its "Loading weights" bar would break a command's one-line errors
     try:
-        model, info = AutoModel.from_pretrained(target, output_loading_info=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(target, **kwargs)
+        model, info, tokenizer = _from_pretrained(target, family, is_local, kwargs)
     except OSError as err:
         from tipsomaly_lite.io.download import DownloadError
 
         if fallback_to_tiny and not is_local:
             return load_hf_backbone("tiny", family=family, image_size=image_size, device=device, dtype=dtype,
                                     **options)
-        raise DownloadError(f"could not load {target} for {family} ({type(err).__name__}: {err}). Offline? "
-                            f"Pass a local folder (hf:/path) or use the offline tiny model") from err
+        if isinstance(err, _Unreachable):
+            raise err.error from None
+        from tipsomaly_lite.io.network import OFFLINE_HINT
+
+        raise DownloadError(f"could not load {target} for {family} ({type(err).__name__}: {err}); pass a local "
+                            f"folder (hf:/path), or {OFFLINE_HINT}") from err
     finally:
         if bar:
             hf_logging.enable_progress_bar()

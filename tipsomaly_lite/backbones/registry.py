@@ -12,7 +12,6 @@ module (and ``tipsomaly_lite``) stays light: no torch, no transformers.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -65,12 +64,12 @@ class BackboneFamily:
         """The loader, imported now.
 
         Raises:
-            ImportError: a module of :attr:`requires` is not installed (the message names the extra).
+            tipsomaly_lite.io.extras.MissingExtraError: a module of :attr:`requires` is not installed (an
+                ``ImportError``; one line naming the pip command, exit code 2 in the CLI).
         """
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            hint = f": pip install 'tipsomaly_lite[{self.extra}]'" if self.extra else ""
-            raise ImportError(f"the {self.name} backbone needs {', '.join(missing)}{hint}")
+        from tipsomaly_lite.io.extras import require
+
+        require(self.requires, extra=self.extra or "all", who=f"the {self.name} backbone")
         return getattr(importlib.import_module(self.module), self.loader)
 
     def load(self, variant: str | None = None, **kwargs: Any) -> Any:

@@ -99,6 +99,9 @@ def load_model(args: argparse.Namespace):
     model = load_backbone(args.variant, family=args.backbone, image_size=args.image_size, device=device,
                           dtype=args.dtype)
     print(repr(model))  # says TINY RANDOM WEIGHTS for the offline model; the banner came as a warning
+    from tipsomaly_lite.eval.report import backbone_line, model_facts
+
+    print(backbone_line(model_facts(model)).replace("**", ""))  # family, variant, dtype, scoring rule
     if model.is_offline:
         print(MEANINGLESS_TAG)
     return model

@@ -88,8 +88,9 @@ def add(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="write a PNG of patch-text similarity maps")
     demo.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
-    demo.add_argument("--variant", default="l14-hr",
-                      help="TIPS variant, used when its weights are in the cache; else the offline tiny model")
+    demo.add_argument("--variant", default=None,
+                      help="TIPS variant (default: l14-hr when its weights are in the cache, else the offline tiny "
+                           "model, said loudly); a named variant loads or downloads as in every command")
     demo.add_argument("--size", type=flags.image_size, default=None,
                       help="input side, a multiple of 14 (default: the model's)")
     demo.set_defaults(func=command("demo", _demo))

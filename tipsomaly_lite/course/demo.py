@@ -1,7 +1,7 @@
 """The main job for now (``make demo``): patch-text similarity maps with TIPS.
 
-Loads TIPS (real weights when they are in the cache, else the tiny offline model with its
-warning), draws a few toy images with and without defects, and writes one PNG: each image
+Loads TIPS (by default real weights when they are in the cache, else the tiny offline model with its
+warning; an explicit variant loads as every command loads it, see :mod:`tipsomaly_lite.io.network`), draws a few toy images with and without defects, and writes one PNG: each image
 beside the cosine similarity of its patches to a "normal" and a "damaged" prompt, titled with
 the image-level probabilities from the first CLS token.
 
@@ -21,6 +21,7 @@ from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.backbones.base import Backbone
 from tipsomaly_lite.backbones import load_backbone
 from tipsomaly_lite.data.toy_data import render_sample
+from tipsomaly_lite.eval.report import family_label
 from tipsomaly_lite.course.viz import plot_similarity_maps
 from tipsomaly_lite.method.maps import similarity_maps, upsample_map
 from tipsomaly_lite.method.prompts import SIMILARITY_PROMPTS as PROMPTS
@@ -59,14 +60,19 @@ def demo_images(size: int, seed: int = 0) -> tuple[torch.Tensor, list[str], list
 
 
 @torch.inference_mode()
-def run_demo(out_dir: str | Path = "build/demo", variant: str = "l14-hr", size: int | None = None,
+def run_demo(out_dir: str | Path = "build/demo", variant: str | None = None, size: int | None = None,
              model: Backbone | None = None, family: str = "tips") -> DemoResult:
     """Write ``similarity_maps.png`` into ``out_dir`` and return what was computed.
 
-    The model is ``family``'s ``variant`` when its weights are in the cache, else its tiny offline
-    model (said loudly); ``size`` None is the model's own input side.
+    ``variant`` None (the demo's default) is the paper's TIPS when its weights are in the cache, else
+    the tiny offline model (said loudly); the demo never downloads for its default. A named
+    ``variant`` loads as in every command: from the cache, else downloaded, else one line saying
+    how to get the offline tiny model (``--variant tiny`` or ``TIPSOMALY_OFFLINE=1``). ``size``
+    None is the model's own input side.
     """
-    model = model or load_backbone(variant, family=family, download=False, fallback_to_tiny=True)
+    if model is None and variant is None:
+        model = load_backbone(None, family=family, download=False, fallback_to_tiny=True)
+    model = model or load_backbone(variant, family=family)
     size = size or model.image_size
     images, words, titles = demo_images(size)
     maps, probs = [], []
@@ -76,7 +82,7 @@ def run_demo(out_dir: str | Path = "build/demo", variant: str = "l14-hr", size: 
         probs.append(model.zero_shot_probabilities(image[None], texts)[0])
     maps_t, probs_t = torch.stack(maps), torch.stack(probs)
     row_titles = [f"{t}\nP(damaged)={p[1]:.2f}" for t, p in zip(titles, probs_t)]
-    suptitle = f"TIPS {model.variant} at {size}px: patch-text similarity"
+    suptitle = f"{family_label(model.family)} {model.variant} at {size}px: patch-text similarity"
     if model.is_offline:
         suptitle += "\n" + MEANINGLESS_TAG
     full = upsample_map(maps_t.flatten(0, 1), (size, size)).view(len(images), 2, size, size)

@@ -36,7 +36,8 @@ from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
 from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator, image_metrics
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS, PAPER_RESULTS, SCORE_KINDS, prompts_trained_on
-from tipsomaly_lite.offline import MEANINGLESS_MARKDOWN, warn_caller
+from tipsomaly_lite.eval.report import backbone_line, meaningless_line, paper_applies, paper_note
+from tipsomaly_lite.offline import warn_caller
 from tipsomaly_lite.io.jsonfile import read_json
 
 __all__ = ["METRICS", "METRIC_LABELS", "PAPER_RESULTS", "SCORE_KINDS", "EXTRA_METRICS", "EvaluationResult",
@@ -114,22 +115,24 @@ class EvaluationResult:
         return out
 
     def to_markdown(self, paper: bool = False) -> str:
-        """A Markdown table, one row per class and a mean row; ``paper`` adds the paper's numbers.
+        """A Markdown table under a line naming the backbone, one row per class and a mean row; ``paper`` adds
+        the paper's numbers when the paper reports this backbone (TIPS), else a line saying why not.
 
         Taught in notebooks/06_benchmark.ipynb.
         """
         cols = self._columns()
         head = ["class"] + [_LABELS[m] for m in cols]
-        lines = []
-        if self.offline:
-            lines += [MEANINGLESS_MARKDOWN, ""]
+        lines = [meaningless_line(self.config), ""] if self.offline else []
+        lines += [backbone_line(self.config), ""]  # what ran: family, variant, dtype, scoring rule
         aupro = self.config.get("aupro_mode", "?")
         lines += [f"**{self.dataset}** ({len(self.per_class)} classes, {len(self.scores)} images; "
                   f"AUPRO: {aupro}; x100)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for cls, m in self.per_class.items():
             lines.append("| " + " | ".join([cls] + [_fmt(m[k]) for k in cols]) + " |")
         lines.append("| **mean** | " + " | ".join(f"**{_fmt(self.mean[k])}**" for k in cols) + " |")
-        if paper and self.dataset in PAPER_RESULTS:
+        if paper and not paper_applies(self.config):
+            lines += ["", paper_note([self.config])]
+        elif paper and self.dataset in PAPER_RESULTS:
             ref = PAPER_RESULTS[self.dataset]
             lines.append("| paper | " + " | ".join(_fmt(ref.get(k)) for k in cols) + " |")
             lines.append("| ours - paper | " + " | ".join(
@@ -217,12 +220,16 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
 
     Args:
         results: dataset key -> its :class:`EvaluationResult`, in table order.
-        paper: add the paper's row under each dataset and its industrial mean.
+        paper: add the paper's row under each dataset and its industrial mean (only when every result's
+            backbone is one the paper reports; otherwise a line says why they are absent).
     Returns:
-        The Markdown table (with the MEANINGLESS banner when a result is offline).
+        The Markdown table, headed by the backbone(s) that ran (and the MEANINGLESS banner when a result is offline).
     Taught in notebooks/06_benchmark.ipynb.
     """
     rows: list[tuple[str, dict[str, float]]] = []
+    configs = [r.config for r in results.values()]
+    refused = paper and not all(paper_applies(c) for c in configs)
+    paper = paper and not refused  # the paper's rows never stand under another backbone's header
     for name, result in results.items():
         rows.append((f"**{name}**", result.mean))
         if paper and name in PAPER_RESULTS:
@@ -233,8 +240,12 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
     if paper:
         rows.append(("industrial mean of 7 (paper)", PAPER_RESULTS["industrial_mean"]))
     lines = []
-    if any(r.offline for r in results.values()):
-        lines += [MEANINGLESS_MARKDOWN, ""]
+    offline = [r.config for r in results.values() if r.offline]
+    if offline:
+        lines += [meaningless_line(offline[0]), ""]
+    lines += sorted({backbone_line(c) for c in configs}) + [""]
+    if refused:
+        lines += [paper_note(configs), ""]
     modes = sorted({str(r.config.get("aupro_mode")) for r in results.values()})
     lines += [f"Mean over classes per dataset, x100; AUPRO: {', '.join(modes)} (the paper's is compat).", ""]
     return "\n".join(lines + _table(rows, "dataset", cols)) + "\n"

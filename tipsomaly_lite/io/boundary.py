@@ -33,9 +33,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     from tipsomaly_lite.io.archives import ArchiveError
     from tipsomaly_lite.io.download import DownloadError
+    from tipsomaly_lite.io.extras import MissingExtraError
 
     return (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
-            KeyError, DownloadError, ArchiveError, SafetensorError, DecompressionBombError, UnicodeError)
+            KeyError, DownloadError, ArchiveError, SafetensorError, DecompressionBombError, UnicodeError,
+            MissingExtraError)
 
 
 def one_line(message: object) -> str:

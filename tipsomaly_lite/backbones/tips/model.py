@@ -21,7 +21,8 @@ from tipsomaly_lite.backbones.base import BackboneBase, l2_normalize, vision_dty
 from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
                                         check_finite, check_temperature, hf_to_npz_names, npz_shapes, read_npz,
                                         validate_pair)
-from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant
+from tipsomaly_lite.backbones.tips import registry as tips_registry
+from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant, variant_is_cached
 from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer, trim_padding
 from tipsomaly_lite.backbones.tips.vision import VisionTower
 
@@ -257,6 +258,14 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
         from tipsomaly_lite.io.download import DownloadError, cache_dir
 
         hub_cache = cache_dir() / "hf"
+        try:  # the cache first, without the network; the hub only when it answers (no retries)
+            weights = Path(hf_hub_download(target, "model.safetensors", cache_dir=hub_cache, local_files_only=True))
+            config = Path(hf_hub_download(target, "config.json", cache_dir=hub_cache, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not (completely) cached
+            from tipsomaly_lite.io.network import HUB_HOST
+
+            _refuse_if_unreachable(f"TIPS {target}", f"https://{HUB_HOST}/",
+                                   "or use the npz route instead, e.g. load_tips('v2-b14'), or pass hf:/path/to/a/folder")
         try:
             weights = Path(hf_hub_download(target, "model.safetensors", cache_dir=hub_cache))
             config = Path(hf_hub_download(target, "config.json", cache_dir=hub_cache))
@@ -287,6 +296,15 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
     model = _build(vision_arrays, text_arrays, Tokenizer(tok), num_heads=num_heads, vision_name=str(weights),
                    text_name=str(weights), variant=spec, source=str(weights), image_size=image_size)
     return model.place(device, dtype)
+
+
+def _refuse_if_unreachable(what: str, url: str, fetch_hint: str) -> None:
+    """Raise the one-line :func:`~tipsomaly_lite.io.network.unavailable` error when ``url``'s host does not answer."""
+    from tipsomaly_lite.io.network import unavailable, url_problem
+
+    reason = url_problem(url)
+    if reason is not None:
+        raise unavailable(what, reason, fetch_hint)
 
 
 def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = None,
@@ -347,6 +365,8 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
     from tipsomaly_lite.io.download import DownloadError
 
     try:
+        if download and not variant_is_cached(name):
+            _refuse_if_unreachable(f"TIPS {name}", tips_registry.BUCKET, f"or fetch them with a network first: tipsomaly fetch {name}")
         files = fetch_variant(name, download=download)
     except (FileNotFoundError, DownloadError):
         if not fallback_to_tiny:
