@@ -6,8 +6,6 @@ backbone (the Tipsomaly paper reports TIPS; a CLIP or SigLIP2 run gets a line sa
 
     backbone_line(result.config)   # "**Backbone:** CLIP `l14-336` (...), vision tower float32, scoring softmax(...)"
     paper_applies(result.config)   # True only for a family the paper reports
-
-Taught in notebooks/06_benchmark.ipynb.
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ the tiny model silently.
 
     reason = network_problem("huggingface.co")   # None when the host answers
     if reason: raise unavailable("TIPS l14-hr", reason, "or fetch them with a network first: tipsomaly fetch l14-hr")
-
-Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from tipsomaly_lite.backbones.base import l2_normalize
+from tipsomaly_lite.backbones.scoring_rule import ScoringRule
 from tipsomaly_lite.course.checks.core import check_function, exercise, random_inputs
 
-__all__: list[str] = ["clip_patch_tokens", "clip_prompted_sequence"]
+__all__: list[str] = ["clip_patch_tokens", "clip_prompted_sequence", "sigmoid_map_values"]
 
 
 def _clip_patch_tokens(hidden: Tensor, post_layernorm: nn.Module, visual_projection: nn.Module) -> Tensor:
@@ -62,3 +63,32 @@ def clip_prompted_sequence(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     inputs = [random_inputs(seed, (s, l, d), (s, n, d)) for seed, (s, l, n, d) in
               enumerate(((3, 7, 2, 8), (1, 12, 8, 16)))]
     return check_function("prompts after CLIP's start token", fn, _clip_prompted_sequence, inputs)
+
+
+def _sigmoid_map_values(cosines: Tensor, logit_scale: float, logit_bias: float) -> Tensor:
+    rule = ScoringRule.sigmoid(logit_scale, logit_bias)
+    return rule.anomaly_evidence(rule.probabilities(cosines))
+
+
+@exercise("each state gets its own sigmoid of cos * exp(logit_scale) + logit_bias (the scale is stored as a log); "
+          "then average the evidence 1 - p_normal and p_anomalous",
+          reference="tipsomaly_lite.backbones.scoring_rule.ScoringRule.anomaly_evidence")
+def sigmoid_map_values(fn: Callable[[Tensor, float, float], Tensor]) -> bool:
+    """Exercise: SigLIP2's map value of every patch under the authors' sigmoid rule.
+
+    ``fn(cosines (B, N, 2), logit_scale, logit_bias) -> (B, N)``: with
+    ``p_s = sigmoid(cos_s * exp(logit_scale) + logit_bias)`` for s in (normal, anomalous), the value
+    ``(1 - p_normal + p_anomalous) / 2``, compared with
+    :class:`~tipsomaly_lite.backbones.scoring_rule.ScoringRule` on seeded cosines and SigLIP-like
+    scales and biases (a softmax of the two, which ignores the bias, does not pass).
+
+    Args:
+        fn: the student's function.
+    Returns:
+        True when it agrees on every input.
+    """
+    inputs = []
+    for seed, (b, n, scale, bias) in enumerate(((2, 16, 4.7, -16.5), (1, 9, 2.3, -1.0), (3, 4, 4.6, -6.0))):
+        (raw,) = random_inputs(seed, (b, n, 2))
+        inputs.append((0.05 + 0.1 * raw.tanh(), scale, bias))  # cosines of the size real patch-text pairs have
+    return check_function("sigmoid map values", fn, _sigmoid_map_values, inputs)
