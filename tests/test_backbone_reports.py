@@ -88,3 +88,21 @@ def test_a_siglip2_training_run_records_its_sigmoid_rule(toy_root, tmp_path, mon
     config = json.loads((run / "config.json").read_text())
     assert config["backbone"] == "siglip2" and config["scoring_rule"]["kind"] == "sigmoid"
     assert set(config["scoring_rule"]) == {"kind", "logit_scale", "logit_bias"}
+
+
+def test_prompts_trained_under_another_scoring_rule_are_refused(toy_root, tmp_path, monkeypatch, capsys):
+    """A SigLIP2 run recorded before the sigmoid rule (no scoring_rule: the softmax) is neither resumed nor used."""
+    monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
+    run = tmp_path / "run"
+    common = ["--dataset", "toy", "--data-root", str(toy_root), "--backbone", "siglip2", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MeaninglessResultsWarning)
+        assert main(["train", *common, "--epochs", "1", "--batch-size", "4", "--out", str(run)]) == 0
+        config = json.loads((run / "config.json").read_text())
+        del config["scoring_rule"]  # as a run written before scoring rules were recorded
+        (run / "config.json").write_text(json.dumps(config))
+        capsys.readouterr()
+        assert main(["train", *common, "--epochs", "2", "--batch-size", "4", "--out", str(run)]) == 2
+        assert "the scoring rule: 'softmax' then, 'sigmoid' now" in capsys.readouterr().err
+        assert main(["evaluate", *common, "--prompts", str(run), "--out", str(tmp_path / "ev")]) == 2
+        assert "the scoring rule: 'softmax' then, 'sigmoid' now" in capsys.readouterr().err

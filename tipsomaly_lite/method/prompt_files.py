@@ -79,7 +79,8 @@ def check_trained_with(record: dict[str, Any], model: Any, prompt_set: Any, wher
 
     Compares, by content, what the run recorded and this call has: the backbone family and variant, its
     weights (when both use the same dtype: a bf16 copy has another fingerprint) and the prompt set's
-    sentences. Fields the run did not record are not compared.
+    sentences, and the scoring rule its loss used (a run recorded before rules were counts as softmax). Other
+    fields the run did not record are not compared.
 
     Args:
         record: the run's :func:`run_record` (``{}``: nothing to compare).
@@ -89,7 +90,7 @@ def check_trained_with(record: dict[str, Any], model: Any, prompt_set: Any, wher
     Raises:
         ValueError: one line naming the differing fields in words.
     """
-    from tipsomaly_lite.method.run_folder import differences
+    from tipsomaly_lite.method.run_folder import differences, scoring_kind
 
     if not record:
         return
@@ -100,6 +101,9 @@ def check_trained_with(record: dict[str, Any], model: Any, prompt_set: Any, wher
         ours["backbone_fingerprint"] = model.fingerprint()
         fields.append("backbone_fingerprint")
     said = differences(record, ours, [f for f in fields if f in record])
+    if "backbone" in record:  # our run: its loss used this scoring rule (SigLIP2 runs before rules: the softmax)
+        rule = differences({"scoring": scoring_kind(record)}, {"scoring": model.scoring_rule.kind}, ["scoring"])
+        said = "; ".join(d for d in (said, rule) if d)
     if said:
         raise ValueError(f"--prompts {where}: these prompts were trained with another setup ({said}); use the "
                          "backbone and prompt set they were trained with, or train prompts for this one")

@@ -68,7 +68,8 @@ FIELD_WORDS = {"lr": "the learning rate", "betas": "Adam's betas", "batch_size":
                "(paths, masks, labels)", "n_images": "the number of images", "image_size": "the image size",
                "backbone": "the backbone family", "variant": "the backbone variant",
                "backbone_fingerprint": "the backbone's weights", "dtype": "the vision tower's dtype",
-               "prompt_sentences": "the prompt set's sentences", "initial_prompts": "the starting prompts"}
+               "prompt_sentences": "the prompt set's sentences", "initial_prompts": "the starting prompts",
+               "scoring": "the scoring rule"}
 #: Fields recorded as digests or long lists: said to differ, not printed.
 _NOT_PRINTED = ("samples", "backbone_fingerprint", "prompt_sentences", "initial_prompts", "classes")
 _HOW = "pass --no-resume (resume=False) to start again in this folder, or use a new --out folder"
@@ -239,6 +240,12 @@ def _describe_start(start: dict[str, Tensor], seed: int) -> str:
     return f"given: sha256 {digest[:16]} of the float32 (normal, anomalous)"
 
 
+def scoring_kind(record: dict[str, Any]) -> str:
+    """The scoring rule's kind a run recorded; runs recorded before rules were (all of them softmax) count as softmax."""
+    rule = record.get("scoring_rule")
+    return str(rule.get("kind", "softmax")) if isinstance(rule, dict) else "softmax"
+
+
 def differences(saved: dict[str, Any], ours: dict[str, Any], fields: Iterable[str]) -> str:
     """The recorded ``fields`` that differ between two records, in words (``""`` when none do).
 
@@ -283,8 +290,9 @@ def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: cannot resume: the run's config is missing or unreadable "
                          f"({type(exc).__name__}: {exc}); {_HOW}") from exc
+    rules = differences({"scoring": scoring_kind(saved)}, {"scoring": scoring_kind(ours)}, ["scoring"])
     shown = "; ".join(d for d in (differences(saved_train, ours["train"], _RESUME_SETTINGS),
-                                  differences(saved, ours, _RESUME_FACTS)) if d)
+                                  differences(saved, ours, _RESUME_FACTS), rules) if d)
     if shown:
         raise ValueError(f"{run_dir}: cannot resume, this run was made with other settings, data or model ({shown}); "
                          f"{_HOW}")
