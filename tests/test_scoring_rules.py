@@ -24,7 +24,8 @@ from tipsomaly_lite.method import training  # noqa: E402
 from tipsomaly_lite.method.detector import Detector  # noqa: E402
 from tipsomaly_lite.method.prompt_learner import PromptLearner  # noqa: E402
 from tipsomaly_lite.method.prompts import get_prompt_set, text_features  # noqa: E402
-from tipsomaly_lite.method.scoring import global_score, patch_evidence, patch_probabilities, two_way_probabilities  # noqa: E402
+from tipsomaly_lite.method.scoring import (global_score, patch_evidence, patch_probabilities,  # noqa: E402
+                                           two_way_probabilities)
 from tipsomaly_lite.offline import MeaninglessResultsWarning  # noqa: E402
 
 DATA = Path(__file__).parent / "data"

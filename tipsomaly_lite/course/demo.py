@@ -1,9 +1,10 @@
 """The main job for now (``make demo``): patch-text similarity maps with TIPS.
 
-Loads TIPS (by default real weights when they are in the cache, else the tiny offline model with its
-warning; an explicit variant loads as every command loads it, see :mod:`tipsomaly_lite.io.network`), draws a few toy images with and without defects, and writes one PNG: each image
-beside the cosine similarity of its patches to a "normal" and a "damaged" prompt, titled with
-the image-level probabilities from the first CLS token.
+Loads TIPS (by default real weights when they are in the cache, else the tiny offline model with
+its warning; an explicit variant loads as every command loads it, see :mod:`tipsomaly_lite.io.network`),
+draws a few toy images with and without defects, and writes one PNG: each image beside the cosine
+similarity of its patches to a "normal" and a "damaged" prompt, titled with the image-level
+probabilities from the first CLS token.
 
 Taught in notebooks/02_spatial_alignment.ipynb.
 """

@@ -241,7 +241,7 @@ def _describe_start(start: dict[str, Tensor], seed: int) -> str:
 
 
 def scoring_kind(record: dict[str, Any]) -> str:
-    """The scoring rule's kind a run recorded; runs recorded before rules were (all of them softmax) count as softmax."""
+    """The scoring rule's kind a run recorded; runs recorded before rules were (all softmax) count as softmax."""
     rule = record.get("scoring_rule")
     return str(rule.get("kind", "softmax")) if isinstance(rule, dict) else "softmax"
 

@@ -264,8 +264,8 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
         except Exception:  # noqa: BLE001 - not (completely) cached
             from tipsomaly_lite.io.network import HUB_HOST
 
-            _refuse_if_unreachable(f"TIPS {target}", f"https://{HUB_HOST}/",
-                                   "or use the npz route instead, e.g. load_tips('v2-b14'), or pass hf:/path/to/a/folder")
+            _refuse_if_unreachable(f"TIPS {target}", f"https://{HUB_HOST}/", "or use the npz route instead, "
+                                   "e.g. load_tips('v2-b14'), or pass hf:/path/to/a/folder")
         try:
             weights = Path(hf_hub_download(target, "model.safetensors", cache_dir=hub_cache))
             config = Path(hf_hub_download(target, "config.json", cache_dir=hub_cache))
@@ -366,7 +366,8 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
 
     try:
         if download and not variant_is_cached(name):
-            _refuse_if_unreachable(f"TIPS {name}", tips_registry.BUCKET, f"or fetch them with a network first: tipsomaly fetch {name}")
+            _refuse_if_unreachable(f"TIPS {name}", tips_registry.BUCKET,
+                                   f"or fetch them with a network first: tipsomaly fetch {name}")
         files = fetch_variant(name, download=download)
     except (FileNotFoundError, DownloadError):
         if not fallback_to_tiny:
