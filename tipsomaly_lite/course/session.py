@@ -184,8 +184,11 @@ class Course:
         return cache_dir() / "course" / ("offline" if self.offline else self.model.variant)
 
     def run_dir(self, name: str = "prompts") -> Path:
-        """A training run folder for this model (by weight fingerprint), auxiliary dataset and size."""
-        return self.work_dir / "runs" / f"{name}-{self.aux_key}-{self.image_size}px-{self.model.fingerprint()[:8]}"
+        """A training run folder for this model (by weights and scoring rule), auxiliary dataset and size."""
+        kind = self.model.scoring_rule.kind
+        rule = "" if kind == "softmax" else f"-{kind}"  # SigLIP2's runs from before its sigmoid rule stay apart
+        weights = self.model.fingerprint()[:8]
+        return self.work_dir / "runs" / f"{name}-{self.aux_key}-{self.image_size}px-{weights}{rule}"
 
     def training_set(self, train_limit: int | None = None) -> tuple[AnomalyDataset, Path]:
         """The auxiliary images the prompts train on, and the run folder that keeps that training.
