@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from tipsomaly_lite.io.atomic import atomic_file
-from tipsomaly_lite.data.registry import DATASETS, canonical_key, class_word
+from tipsomaly_lite.data.registry import DATASET_KEYS, DATASETS, canonical_key, class_word  # noqa: F401
 from tipsomaly_lite.io.images import (binary_mask, check_image_file, check_pixels, mask_tensor, resize_image,
                                      to_float_rgb)
 from tipsomaly_lite.io.jsonfile import JSONFileError, read_json
