@@ -134,3 +134,47 @@ def test_the_protocol_picks_the_authors_prompts_per_dataset():
         "colondb": "industrial", "clinicdb": "industrial", "tn3k": "industrial"}
     assert fixed_prompt_set("mvtec") == fixed_prompt_set("visa") == "industrial"
     assert {prompts_trained_on(k) for k in MEDICAL_KEYS} == {"mvtec"} and prompts_trained_on("mvtec") == "visa"
+
+
+# ------------------------------------------------------------------ the CLI: benchmark --suite medical, evaluate
+
+SIZE = ["--image-size", "56", "--quiet"]
+
+
+def test_benchmark_suite_medical_uses_the_authors_prompts_and_mvtec_trained_ones(tmp_path, capsys, monkeypatch):
+    from tipsomaly_lite.cli import main
+    from tipsomaly_lite.data.toy_data import make_toy_dataset
+    from tipsomaly_lite.offline import MeaninglessResultsWarning
+
+    monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
+    data = tmp_path / "data"
+    for key in ("headct", "isic", "colondb"):
+        _prepared(key, tmp_path)
+    make_toy_dataset(tmp_path / "aux" / "mvtec", classes=["pill"], n_train=0, n_normal=2, n_anomalous=2)
+    run = tmp_path / "run"
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["train", "--dataset", "mvtec", "--data-root", str(tmp_path / "aux"), "--epochs", "1", "--out",
+                     str(run), *SIZE]) == 0
+    assert main(["benchmark", "--data-root", str(data), "--out", str(tmp_path / "none"), *SIZE]) == 2
+    assert "no prepared dataset for ['mvtec', 'visa'" in capsys.readouterr().err  # the industrial suite is the default
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["benchmark", "--suite", "medical", "--data-root", str(data), "--mvtec-prompts", str(run),
+                     "--out", str(tmp_path / "bench"), *SIZE]) == 0
+    out = capsys.readouterr().out
+    assert "headct: fixed prompts 'medical' (the authors' protocol)" in out
+    table = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "**headct**" in table and "**isic**" in table and "**colondb**" in table and "nan" not in table
+    assert "medical mean of 7 (paper)" in table and "industrial mean" not in table and "left out of the mean" in table
+    for key, prompt_set in (("headct", "medical"), ("isic", "industrial"), ("colondb", "industrial")):
+        config = json.loads((tmp_path / "bench" / key / "config.json").read_text())
+        assert config["prompt_set"]["name"] == prompt_set, key
+        assert config["pixel_prompts"] == f"{run} (trained on mvtec)" and config["mode"] == "decoupled"
+    assert "–" in (tmp_path / "bench" / "isic" / "results.md").read_text()
+    # evaluate: the alias names the prepared key; --prompt-set still wins over the protocol's choice
+    with pytest.warns(MeaninglessResultsWarning):
+        assert main(["evaluate", "--dataset", "cvc-colondb", "--data-root", str(data), "--out", str(tmp_path / "ev"),
+                     "--paper", *SIZE]) == 0
+        assert main(["evaluate", "--dataset", "headct", "--data-root", str(data), "--prompt-set", "industrial",
+                     "--out", str(tmp_path / "ev2"), *SIZE]) == 0
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["dataset"] == "colondb"
+    assert json.loads((tmp_path / "ev2" / "config.json").read_text())["prompt_set"]["name"] == "industrial"
