@@ -3,7 +3,9 @@
 The real datasets cannot be shipped (licences) and are gigabytes; these writers produce a few
 dozen small noise images arranged exactly as MVTec AD, VisA, BTAD, KolektorSDD, DAGM, MPDD and
 DTD-Synthetic arrange theirs, including the awkward parts (VisA class-id masks, BTAD mixed
-``.bmp``/``.png`` masks, KSDD ``_label.bmp`` files, DAGM ``Labels.txt``, OS clutter files), so
+``.bmp``/``.png`` masks, KSDD ``_label.bmp`` files, DAGM ``Labels.txt``, OS clutter files), and the
+seven medical sets as their owners publish them (HeadCT's ``labels.csv``, ``yes/``/``no/`` folders with
+an unlabelled ``pred/``, ISIC's ``_Segmentation`` masks, PraNet's ``TestDataset``, TN3K's JPEG masks), so
 every path of ``tipsomaly_lite.data.prepare`` runs without the real data. Each writer returns the
 folder to pass as ``source_dir``. Seeded: same arguments, same files.
 """

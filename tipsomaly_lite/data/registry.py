@@ -3,7 +3,7 @@
 An entry (:class:`DatasetSource`) holds a benchmark's key, name, where it is published, its licence,
 its class folders and the published test counts; :data:`CLASS_WORDS` holds the prompt words that
 differ from the generic rule. A new benchmark is one entry here plus its layout reader in
-:mod:`tipsomaly_lite.data.prepare`.
+:mod:`tipsomaly_lite.data.prepare` (the medical ones: :mod:`tipsomaly_lite.data.prepare_medical`).
 """
 
 from __future__ import annotations
