@@ -248,3 +248,12 @@ def test_an_image_level_set_still_refuses_an_unmasked_anomaly_in_a_pixel_level_s
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match="has no mask_path"):
         AnomalyDataset(out, image_size=14, key="isic")
+
+
+@pytest.mark.parametrize("levels", [[], ["pixels"], "image", [["image"]], [1]])
+def test_a_protocol_json_with_bad_levels_is_refused_naming_it(levels, tmp_path):
+    out = _prepare("headct", tmp_path)
+    protocol = json.loads((out / "protocol.json").read_text())
+    (out / "protocol.json").write_text(json.dumps({**protocol, "levels": levels}))
+    with pytest.raises(DatasetError, match=r"protocol\.json: levels is"):
+        AnomalyDataset(out, image_size=14, key="headct")

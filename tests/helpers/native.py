@@ -264,8 +264,8 @@ def _pairs(images: pathlib.Path, masks: pathlib.Path, rng: np.random.Generator, 
 
 
 def fake_isic(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
-    """ISIC 2016 part 1 test: ``ISBI2016_ISIC_Part1_Test_Data/ISIC_*.jpg`` and ``..._GroundTruth/ISIC_*_Segmentation.png``
-    (3 anomalous), with a licence file beside them."""
+    """ISIC 2016 part 1 test: ``ISBI2016_ISIC_Part1_Test_Data/ISIC_*.jpg`` and
+    ``..._GroundTruth/ISIC_*_Segmentation.png`` (3 anomalous), with a licence file beside them."""
     root = pathlib.Path(root)
     _pairs(root / "ISBI2016_ISIC_Part1_Test_Data", root / "ISBI2016_ISIC_Part1_Test_GroundTruth", _rng(root, seed), 3,
            "ISIC_000000{}.jpg", "ISIC_000000{}_Segmentation.png")

@@ -315,8 +315,8 @@ def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> 
     """Refuse a dataset key that does not match the data in ``root``.
 
     A prepared folder records its key in ``protocol.json``; the toy dataset (``toy_config.json``)
-    under a benchmark key gets a ``UserWarning``; otherwise, for one of the seven benchmark keys,
-    every class must be one of that benchmark's classes (the seven industrial ones and the seven medical). Comparing the toy
+    under a benchmark key gets a ``UserWarning``; otherwise, for a benchmark key (industrial or
+    medical), every class must be one of that benchmark's classes. Comparing the toy
     dataset with the paper's MVTec AD numbers would otherwise look like a result.
 
     Raises:
