@@ -3,6 +3,7 @@
 
     python data_scripts/prepare_dataset.py visa --source data/raw/visa --data-root data
     python data_scripts/prepare_dataset.py dagm --source ~/DAGM --data-root data --protocol balanced
+    python data_scripts/prepare_dataset.py headct --source ~/head-ct-hemorrhage --data-root data   # medical sets too
 
 The same options and exit codes as `tipsomaly prepare` (this script runs it).
 """

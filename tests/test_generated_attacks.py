@@ -159,6 +159,42 @@ def test_any_image_or_mask_file_is_finite_binary_or_one_error_naming_it(tmp_path
         assert out.shape[0] == 3 and float(out.min()) >= 0.0 and float(out.max()) <= 1.0, SEED
 
 
+# ------------------------------------------------------------------ hostile medical label files
+
+csv_cell = st.one_of(st.sampled_from(["0", "1", "2", "-1", "", " 3", "1e3", "nan", "007", "99999999999", "yes", '"',
+                                      "0,1", "\x00"]), st.text(max_size=6))
+hostile_labels_csv = st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.tuples(csv_cell, csv_cell), max_size=8).map(
+        lambda rows: ("id, hemorrhage\n" + "".join(f"{a},{b}\n" for a, b in rows)).encode("utf-8", "replace")),
+    st.sampled_from([b"", b"id, hemorrhage\n", b"\xef\xbb\xbfid,hemorrhage\r\n0,1\r\n", b"id\n0\n",
+                     b"id, hemorrhage\n0,0,0\n", b'id, hemorrhage\n"0,1\n']),
+)
+
+
+@seed(SEED)
+@ATTACKS
+@given(payload=hostile_labels_csv)
+def test_any_headct_labels_csv_prepares_or_is_one_error_naming_it_with_nothing_written(tmp_path_factory, payload,
+                                                                                       capsys):
+    from helpers import native as nf
+
+    root = tmp_path_factory.mktemp("headct")
+    src = nf.fake_headct(root / "raw")
+    (src / "labels.csv").write_bytes(payload)
+    data = root / "data"
+    with no_hang("prepare headct with a hostile labels.csv"):
+        code = main(["prepare", "headct", "--source", str(src), "--data-root", str(data)])
+    if code == 0:  # only a file that labels the five images 0 or 1, once each, prepares
+        meta = read_meta(data / "headct")
+        assert len(meta["test"]["headct"]) == 5, SEED
+        return
+    assert code == 2, SEED
+    line = _one_line(capsys.readouterr().err)
+    assert "labels.csv" in line, (SEED, line)
+    assert not data.exists() or list(data.iterdir()) == [], SEED  # nothing half-written
+
+
 # ------------------------------------------------------------------ hostile flag values
 
 FLAGS = ["--batch-size", "--image-size", "--sigma", "--lr", "--epochs", "--seed", "--n-tokens"]

@@ -3,7 +3,9 @@
 The real datasets cannot be shipped (licences) and are gigabytes; these writers produce a few
 dozen small noise images arranged exactly as MVTec AD, VisA, BTAD, KolektorSDD, DAGM, MPDD and
 DTD-Synthetic arrange theirs, including the awkward parts (VisA class-id masks, BTAD mixed
-``.bmp``/``.png`` masks, KSDD ``_label.bmp`` files, DAGM ``Labels.txt``, OS clutter files), so
+``.bmp``/``.png`` masks, KSDD ``_label.bmp`` files, DAGM ``Labels.txt``, OS clutter files), and the
+seven medical sets as their owners publish them (HeadCT's ``labels.csv``, ``yes/``/``no/`` folders with
+an unlabelled ``pred/``, ISIC's ``_Segmentation`` masks, PraNet's ``TestDataset``, TN3K's JPEG masks), so
 every path of ``tipsomaly_lite.data.prepare`` runs without the real data. Each writer returns the
 folder to pass as ``source_dir``. Seeded: same arguments, same files.
 """
@@ -20,6 +22,8 @@ __all__ = [
     "FAKE_SIZE", "KSDD_FAKE_SHAPE", "KSDD_FAKE_DEFECTS", "DAGM_FAKE_SPLITS",
     "write_mvtec_like", "fake_mvtec", "fake_mpdd", "fake_dtd", "fake_btad", "fake_visa",
     "fake_ksdd", "fake_dagm", "FAKE_WRITERS",
+    "fake_headct", "fake_brainmri", "fake_br35h", "fake_isic", "fake_colondb", "fake_clinicdb", "fake_tn3k",
+    "MEDICAL_FAKE_COUNTS",
 ]
 
 #: (width, height) of fake images; not square so that a transposed mask is caught.
@@ -209,5 +213,100 @@ def fake_dagm(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
 
 
 #: Dataset key -> fake native writer.
+# ------------------------------------------------------------------------------ medical layouts
+
+def fake_headct(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """HeadCT as on Kaggle: ``labels.csv`` (``id, hemorrhage``, ids without padding) and ``head_ct/head_ct/NNN.png``.
+
+    Test counts: 3 normal / 2 anomalous (ids 1 and 4 hemorrhage).
+    """
+    root = pathlib.Path(root)
+    rng = _rng(root, seed)
+    (root / "head_ct" / "head_ct").mkdir(parents=True, exist_ok=True)
+    (root / "labels.csv").write_text("id, hemorrhage\n" + "".join(f"{i},{int(i in (1, 4))}\n" for i in range(5)))
+    for i in range(5):
+        _save(_noise(rng, FAKE_SIZE, grey=True), root / "head_ct" / "head_ct" / f"{i:03d}.png")
+    return root
+
+
+def _yes_no(folder: pathlib.Path, rng: np.random.Generator, n_yes: int, n_no: int, names: tuple[str, str]) -> None:
+    for i in range(n_yes):
+        _save(_noise(rng, FAKE_SIZE), folder / "yes" / names[0].format(i))
+    for i in range(n_no):
+        _save(_noise(rng, FAKE_SIZE, grey=True), folder / "no" / names[1].format(i))
+
+
+def fake_brainmri(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """BrainMRI as on Kaggle: ``brain_tumor_dataset/{yes,no}`` and a second, different copy at the top that
+    must not be used. Mixed extensions and names with spaces. Test counts: 2 normal / 3 anomalous."""
+    root = pathlib.Path(root)
+    rng = _rng(root, seed)
+    _yes_no(root / "brain_tumor_dataset", rng, 3, 2, ("Y{}.jpg", "{} no.JPG"))
+    _yes_no(root, rng, 1, 1, ("copy{}.png", "copy{}.png"))
+    return root
+
+
+def fake_br35h(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """Br35H as on Kaggle: ``yes/``, ``no/`` and the unlabelled ``pred/`` (left out). Test counts: 3 / 2."""
+    root = pathlib.Path(root)
+    rng = _rng(root, seed)
+    _yes_no(root, rng, 2, 3, ("y{}.jpg", "no{}.jpg"))
+    for i in range(2):
+        _save(_noise(rng, FAKE_SIZE), root / "pred" / f"pred{i}.jpg")
+    return root
+
+
+def _pairs(images: pathlib.Path, masks: pathlib.Path, rng: np.random.Generator, n: int, image_name: str,
+           mask_name: str) -> None:
+    for i in range(n):
+        _save(_noise(rng, FAKE_SIZE), images / image_name.format(i))
+        _save(_blob(rng, FAKE_SIZE), masks / mask_name.format(i))
+
+
+def fake_isic(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """ISIC 2016 part 1 test: ``ISBI2016_ISIC_Part1_Test_Data/ISIC_*.jpg`` and
+    ``..._GroundTruth/ISIC_*_Segmentation.png`` (3 anomalous), with a licence file beside them."""
+    root = pathlib.Path(root)
+    _pairs(root / "ISBI2016_ISIC_Part1_Test_Data", root / "ISBI2016_ISIC_Part1_Test_GroundTruth", _rng(root, seed), 3,
+           "ISIC_000000{}.jpg", "ISIC_000000{}_Segmentation.png")
+    (root / "ISBI2016_ISIC_Part1_Test_Data" / "LICENSE.txt").write_text("fake\n")
+    return root
+
+
+def _fake_pranet(root: str | os.PathLike, name: str, n: int, seed: int) -> pathlib.Path:
+    root = pathlib.Path(root)
+    rng = _rng(root, seed)
+    for other in ("CVC-ColonDB", "CVC-ClinicDB", "Kvasir"):  # PraNet's TestDataset holds five sets side by side
+        _pairs(root / "TestDataset" / other / "images", root / "TestDataset" / other / "masks", rng,
+               n if other == name else 1, "{}.png", "{}.png")
+    return root
+
+
+def fake_colondb(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """PraNet's ``TestDataset/`` holding CVC-ColonDB (4 anomalous) beside other sets."""
+    return _fake_pranet(root, "CVC-ColonDB", 4, seed)
+
+
+def fake_clinicdb(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """PraNet's ``TestDataset/`` holding CVC-ClinicDB (2 anomalous) beside other sets."""
+    return _fake_pranet(root, "CVC-ClinicDB", 2, seed)
+
+
+def fake_tn3k(root: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """TN3K: ``test-image/NNNN.jpg`` and ``test-mask/NNNN.jpg`` (JPEG masks; 3 anomalous), and train folders."""
+    root = pathlib.Path(root)
+    rng = _rng(root, seed)
+    _pairs(root / "test-image", root / "test-mask", rng, 3, "{:04d}.jpg", "{:04d}.jpg")
+    _pairs(root / "trainval-image", root / "trainval-mask", rng, 1, "{:04d}.jpg", "{:04d}.jpg")
+    return root
+
+
+#: ``(normal, anomalous)`` test counts of each fake medical layout.
+MEDICAL_FAKE_COUNTS = {"headct": (3, 2), "brainmri": (2, 3), "br35h": (3, 2), "isic": (0, 3), "colondb": (0, 4),
+                       "clinicdb": (0, 2), "tn3k": (0, 3)}
+
+
 FAKE_WRITERS = {"mvtec": fake_mvtec, "visa": fake_visa, "mpdd": fake_mpdd, "btad": fake_btad,
-                "sdd": fake_ksdd, "dagm": fake_dagm, "dtd": fake_dtd}
+                "sdd": fake_ksdd, "dagm": fake_dagm, "dtd": fake_dtd, "headct": fake_headct,
+                "brainmri": fake_brainmri, "br35h": fake_br35h, "isic": fake_isic, "colondb": fake_colondb,
+                "clinicdb": fake_clinicdb, "tn3k": fake_tn3k}

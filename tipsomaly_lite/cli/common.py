@@ -58,14 +58,15 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="the vision tower's dtype; the text tower, scores and maps stay fp32 (default: fp32)")
     p.add_argument("--batch-size", type=flags.batch, default=8, help="images per step (default: 8)")
     p.add_argument("--prompt-set", default=None,
-                   help="fixed prompt set name or .json (default: the --prompts run's set, else industrial)")
+                   help="fixed prompt set name or .json (default: the --prompts run's set, else industrial; "
+                        "medical on headct, brainmri, br35h, as the authors)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def data_args(p: argparse.ArgumentParser) -> None:
-    from tipsomaly_lite.data.registry import DATASET_KEYS
+    from tipsomaly_lite.data.registry import ALL_DATASET_KEYS
 
-    p.add_argument("--dataset", required=True, help=f"dataset key: {', '.join(DATASET_KEYS)} (or toy)")
+    p.add_argument("--dataset", required=True, help=f"dataset key: {', '.join(ALL_DATASET_KEYS)} (or toy)")
     p.add_argument("--data-root", default="data", help="folder holding the prepared <dataset>/ (default: data)")
     p.add_argument("--classes", nargs="+", default=None, help="only these classes")
 

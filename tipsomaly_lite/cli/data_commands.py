@@ -84,7 +84,9 @@ def _toy_data(args: argparse.Namespace) -> int:
 def add(sub: Any) -> None:
     """Register the data sub-commands a pip user needs without a repository checkout (the data_scripts' options)."""
     from tipsomaly_lite.data import toy_data
-    from tipsomaly_lite.data.registry import DAGM_PROTOCOLS, DATASETS
+    from tipsomaly_lite.data.registry import DAGM_PROTOCOLS, DATASET_ALIASES, DATASETS
+
+    keys = sorted(DATASETS) + sorted(DATASET_ALIASES)  # the authors' spellings (cvc-colondb) too
 
     demo = sub.add_parser("demo", help="write a PNG of patch-text similarity maps")
     demo.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
@@ -101,7 +103,7 @@ def add(sub: Any) -> None:
 
     dl = sub.add_parser("download", aliases=["download-dataset"],
                         help="download a benchmark from its owners, check its SHA-256 and extract it")
-    dl.add_argument("key", nargs="?", choices=sorted(DATASETS), help="dataset key")
+    dl.add_argument("key", nargs="?", choices=keys, help="dataset key")
     dl.add_argument("--data-root", default="data", help="folder for downloads/, raw/ and the prepared datasets "
                     "(default: data)")
     dl.add_argument("--archive", default=None, help="use an archive you downloaded yourself")
@@ -113,7 +115,7 @@ def add(sub: Any) -> None:
 
     prep = sub.add_parser("prepare", aliases=["prepare-dataset"],
                           help="convert a downloaded benchmark into <data-root>/<key>/ + meta.json")
-    prep.add_argument("key", choices=sorted(DATASETS), help="dataset key")
+    prep.add_argument("key", choices=keys, help="dataset key")
     prep.add_argument("--source", required=True, help="the extracted native dataset, e.g. data/raw/visa")
     prep.add_argument("--data-root", default="data", help="output parent (default: data)")
     prep.add_argument("--protocol", choices=DAGM_PROTOCOLS, default=None,

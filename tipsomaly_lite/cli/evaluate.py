@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,39 @@ from tipsomaly_lite.cli.common import (cache_input, command, data_args, detector
 from tipsomaly_lite.io import flags
 
 
+def _protocol(args: argparse.Namespace, key: str, record: dict[str, Any]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """``args`` and the prompts' run ``record`` under the authors' fixed prompt choice for ``key``.
+
+    Without ``--prompt-set``, HeadCT, BrainMRI and Br35H get the ``medical`` sentences
+    (:func:`~tipsomaly_lite.eval.protocol.fixed_prompt_set`); the learned prompts, trained inside other
+    sentences, are used inside these, as the authors do, so their run's sentences are not compared.
+    Every other dataset keeps the run's own set (else ``industrial``), unchanged.
+    """
+    from tipsomaly_lite.eval.protocol import FIXED_PROMPT_SETS
+
+    if args.prompt_set is not None or key not in FIXED_PROMPT_SETS:
+        return args, record
+    args = copy.copy(args)
+    args.prompt_set = FIXED_PROMPT_SETS[key]
+    if "prompt_sentences" in record:
+        print(f"{key}: fixed prompts {args.prompt_set!r} (the authors' protocol); the learned prompts were trained "
+              "inside other sentences and are used inside these")
+        record = {k: v for k, v in record.items() if k != "prompt_sentences"}
+    return args, record
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from tipsomaly_lite.data.datasets import find_prepared
+    from tipsomaly_lite.data.registry import canonical_key
     from tipsomaly_lite.eval.evaluation import evaluate
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
     from tipsomaly_lite.method.prompt_files import load_prompts, run_record, run_settings
 
+    args.dataset = canonical_key(args.dataset)  # cvc-colondb -> colondb
     root = find_prepared(args.data_root, args.dataset)  # cheap checks before loading the model
     prompts, source = load_prompts(args.prompts, args.released)
     record = run_record(args.prompts)
+    args, record = _protocol(args, args.dataset, record)
     out = Path(args.out or Path("runs") / "eval" / args.dataset)
     inputs = {"the dataset": root, "--prompts": args.prompts, **cache_input()}
     distributed.main_only(claim_folder, out, command="evaluate", inputs=inputs)  # before the long part
@@ -40,19 +65,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    """Every prepared dataset under --data-root with the paper's cross-dataset prompts, one table."""
+    """Every prepared dataset of the suite under --data-root with the paper's cross-dataset prompts, one table."""
     from tipsomaly_lite.data.datasets import AnomalyDataset
-    from tipsomaly_lite.data.registry import DATASET_KEYS
+    from tipsomaly_lite.data.registry import SUITES, canonical_key
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
     from tipsomaly_lite.io.atomic import atomic_file
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
     from tipsomaly_lite.method.prompt_files import load_prompts, run_record
 
     root = Path(args.data_root)
-    keys = args.datasets or [k for k in DATASET_KEYS if (root / k / "meta.json").is_file()]
+    suite = SUITES[args.suite]
+    keys = [canonical_key(k) for k in args.datasets] if args.datasets else [
+        k for k in suite if (root / k / "meta.json").is_file()]
     missing = [k for k in keys if not (root / k / "meta.json").is_file()]
     if missing or not keys:
-        raise FileNotFoundError(f"no prepared dataset for {missing or list(DATASET_KEYS)} under {root}; prepare "
+        raise FileNotFoundError(f"no prepared dataset for {missing or list(suite)} under {root}; prepare "
                                 "them with `tipsomaly prepare KEY --source RAW --data-root DATA`")
     runs = {"mvtec": args.mvtec_prompts, "visa": args.visa_prompts}
     plan = {}  # every prompt file is fetched before the long part
@@ -61,17 +88,17 @@ def _benchmark(args: argparse.Namespace) -> int:
         run = None if args.training_free else runs[source]
         prompts, where = (None, "none") if args.training_free else load_prompts(run, None if run else source)
         where = f"{run} (trained on {source})" if run else where
-        plan[key] = (prompts, where, run_record(run), run)
+        plan[key] = (prompts, where, *_protocol(args, key, run_record(run)), run)
     out = Path(args.out)
     inputs = {"the datasets": [root / k for k in keys], "--mvtec-prompts": args.mvtec_prompts,
               "--visa-prompts": args.visa_prompts, **cache_input()}
     distributed.main_only(claim_folder, out, command="benchmark", inputs=inputs)
     model = load_model(args)
     results = {}
-    for key, (prompts, source, record, run) in plan.items():
+    for key, (prompts, source, key_args, record, run) in plan.items():
         dataset = AnomalyDataset(root / key, image_size=model.image_size, key=key)
         print(f"\n== {key}: {dataset}\n   prompts: {source}")
-        detector = make_detector(args, model, prompts, source, record, run)
+        detector = make_detector(key_args, model, prompts, source, record, run)
         results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
                                 num_workers=args.workers, progress=not args.quiet)
         if distributed.is_main():  # under torchrun rank 0 alone writes
@@ -100,9 +127,14 @@ def add(sub: Any) -> None:
     ev.set_defaults(func=command("evaluate", _evaluate))
 
 
-    bench = sub.add_parser("benchmark", help="the paper's table: every prepared dataset, cross-dataset prompts")
+    bench = sub.add_parser("benchmark", help="the paper's table: every prepared dataset of a suite, cross-dataset "
+                                             "prompts")
     bench.add_argument("--data-root", default="data", help="folder holding the prepared datasets (default: data)")
-    bench.add_argument("--datasets", nargs="+", default=None, help="default: every prepared one of the seven")
+    bench.add_argument("--suite", default="industrial", choices=["industrial", "medical"],
+                       help="industrial (default: the paper's seven) or medical (the authors' seven more: HeadCT, "
+                            "BrainMRI, Br35H with the medical fixed prompts; ISIC, CVC-ColonDB, CVC-ClinicDB, TN3K)")
+    bench.add_argument("--datasets", nargs="+", default=None,
+                       help="these keys instead (default: every prepared one of the --suite)")
     model_args(bench)
     bench.add_argument("--mvtec-prompts", default=None,
                        help="run folder of prompts trained on MVTec AD (evaluate the others); default: released")

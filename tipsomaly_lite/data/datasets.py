@@ -26,7 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from tipsomaly_lite.io.atomic import atomic_file
-from tipsomaly_lite.data.registry import DATASET_KEYS, DATASETS, class_word
+from tipsomaly_lite.data.registry import DATASET_KEYS, DATASETS, canonical_key, class_word  # noqa: F401
 from tipsomaly_lite.io.images import (binary_mask, check_image_file, check_pixels, mask_tensor, resize_image,
                                      to_float_rgb)
 from tipsomaly_lite.io.jsonfile import JSONFileError, read_json
@@ -315,8 +315,8 @@ def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> 
     """Refuse a dataset key that does not match the data in ``root``.
 
     A prepared folder records its key in ``protocol.json``; the toy dataset (``toy_config.json``)
-    under a benchmark key gets a ``UserWarning``; otherwise, for one of the seven benchmark keys,
-    every class must be one of that benchmark's classes. Comparing the toy
+    under a benchmark key gets a ``UserWarning``; otherwise, for a benchmark key (industrial or
+    medical), every class must be one of that benchmark's classes. Comparing the toy
     dataset with the paper's MVTec AD numbers would otherwise look like a result.
 
     Raises:
@@ -333,7 +333,7 @@ def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> 
             raise DatasetError(f"--dataset {key}: {root} was prepared as {recorded!r} ({protocol}); "
                                f"use --dataset {recorded} or point --data-root at the {key} data.")
         return
-    if key not in DATASET_KEYS:
+    if key not in DATASETS:
         return
     if (root / "toy_config.json").is_file():
         # The course stands the toy data in for a benchmark on purpose; say so, loudly, every time.
@@ -347,6 +347,22 @@ def check_dataset_key(root: str | os.PathLike, key: str, classes: list[str]) -> 
                            f"{' ...' if len(foreign) > 5 else ''} that are not {DATASETS[key].name} "
                            f"classes; this is not the {key} data (for your own or the toy data use its "
                            "own name, e.g. --dataset toy).")
+
+
+def _pixel_level(root: pathlib.Path, key: str) -> bool:
+    """Whether the set at ``root`` has masks: ``levels`` in its ``protocol.json``, else its registry entry."""
+    protocol = root / "protocol.json"
+    if protocol.is_file():
+        try:
+            data = read_json(protocol, what="protocol.json")
+        except JSONFileError as err:
+            raise DatasetError(f"{err}; prepare the dataset again.") from None
+        levels = data.get("levels") if isinstance(data, dict) else None
+        if levels is not None:
+            if not isinstance(levels, list) or not levels or any(v not in ("image", "pixel") for v in levels):
+                raise DatasetError(f"{protocol}: levels is {levels!r}; expected a list of 'image' and/or 'pixel'.")
+            return "pixel" in levels
+    return "pixel" in DATASETS[key].levels if key in DATASETS else True
 
 
 class AnomalyDataset(torch.utils.data.Dataset):
@@ -366,6 +382,10 @@ class AnomalyDataset(torch.utils.data.Dataset):
         classes: subset of class names, or None for all.
         key: dataset key for the prompt words; defaults to the folder name.
         class_word_fn: maps a class name to its prompt word, replacing ``class_word``.
+    Attributes:
+        pixel_level: False for an image-level set (HeadCT, BrainMRI, Br35H: ``levels`` in its
+            ``protocol.json``, else its registry entry): its anomalous images have no mask, their ``mask``
+            is zeros and pixel metrics are undefined.
     Raises:
         DatasetError: missing/malformed meta.json, unknown or empty class, anomalous image
             without mask; when an item is read: unreadable image or mask, or a mask whose size
@@ -383,7 +403,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size!r}.")
         self.split = split
         self.image_size = int(image_size)
+        key = canonical_key(key) if key is not None else None
         self.key = key if key is not None else self.root.name
+        self.pixel_level = _pixel_level(self.root, self.key)
         self._word = class_word_fn or (lambda c: class_word(self.key, c))
         if (self.root / "meta.json").exists():
             meta = read_meta(self.root)
@@ -412,7 +434,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"Class {cls!r} has no {split} samples in "
                                    f"{self.root / 'meta.json'}.")
             for row in sorted(rows, key=lambda r: r["img_path"]):
-                if row["anomaly"] == 1 and not row["mask_path"]:
+                if row["anomaly"] == 1 and not row["mask_path"] and self.pixel_level:
                     raise DatasetError(f"Anomalous image {self.root / row['img_path']} has no "
                                        f"mask_path in {self.root / 'meta.json'}; an anomalous "
                                        "image without mask is an error, not an empty mask.")

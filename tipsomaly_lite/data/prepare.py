@@ -1,4 +1,4 @@
-"""The seven benchmarks: where they come from, and how each native layout becomes one format.
+"""The benchmarks: where they come from, and how each native layout becomes one format.
 
 ``download_dataset`` fetches (or explains how to fetch) an archive and extracts it safely into
 ``<data_root>/raw/<key>/``. ``prepare_dataset`` turns that native layout into
@@ -6,7 +6,8 @@
 0/255 masks ``<cls>/ground_truth/<defect>/<stem>_mask.png``), a ``meta.json`` that
 ``tipsomaly_lite.data.datasets.AnomalyDataset`` reads, and a ``protocol.json`` recording the split
 protocol. Work happens in a hidden temporary folder renamed at the end, so an interrupted run
-leaves nothing that looks finished. None of the datasets is shipped with this repository.
+leaves nothing that looks finished. None of the datasets is shipped with this repository. The seven
+medical layouts are read by :mod:`tipsomaly_lite.data.prepare_medical`.
 
 Taught in notebooks/00_setup.ipynb.
 """
@@ -31,8 +32,9 @@ from tipsomaly_lite.io.guard import check_apart, check_replaceable, write_marker
 from tipsomaly_lite.data.datasets import (
     DatasetError, _check_relative, _inside, _open, build_meta_from_mvtec_layout, list_images, write_meta,
 )
+from tipsomaly_lite.data.prepare_medical import MEDICAL_PREPARERS
 from tipsomaly_lite.data.registry import (DAGM_PROTOCOLS, DATASETS, KSDD_CLASS, KSDD_RANDOM_STATE, KSDD_TEST_SIZE,
-                                          class_word, dataset_source)
+                                          canonical_key, class_word, dataset_source)
 from tipsomaly_lite.io.images import binary_mask
 from tipsomaly_lite.io.download import DownloadError, download, sha256_file
 from tipsomaly_lite.offline import offline_forced
@@ -60,11 +62,11 @@ def download_dataset(key: str, data_root: str | os.PathLike, *, archive: str | o
     """Download (or take a local archive), check its SHA-256 and extract it into ``raw/<key>``.
 
     ``mvtec``, ``visa``, ``btad`` and ``sdd`` download from the owners into
-    ``<data_root>/downloads/`` (resuming if interrupted). ``mpdd``, ``dagm`` and ``dtd`` have
-    no direct link: without ``archive`` this prints how to get them and returns None.
+    ``<data_root>/downloads/`` (resuming if interrupted). ``mpdd``, ``dagm``, ``dtd`` and the medical
+    sets have no direct link: without ``archive`` this prints how to get them and returns None.
 
     Args:
-        key: one of ``DATASET_KEYS``.
+        key: one of ``ALL_DATASET_KEYS`` (or an alias: ``cvc-colondb``, ``cvc-clinicdb``).
         data_root: folder holding ``downloads/``, ``raw/`` and the prepared datasets.
         archive: an archive you downloaded yourself; it is checked and extracted instead.
         verify: refuse an ``archive`` whose SHA-256 differs from the published one.
@@ -77,6 +79,7 @@ def download_dataset(key: str, data_root: str | os.PathLike, *, archive: str | o
     Taught in notebooks/00_setup.ipynb.
     """
     src = dataset_source(key)
+    key = src.key  # an alias (cvc-colondb) extracts under its key
     data_root = pathlib.Path(data_root)
     raw = data_root / "raw" / key
     if raw.exists():
@@ -119,10 +122,12 @@ def _natural_key(text: str) -> list:
 class _TreeWriter:
     """Writes images and binarised masks into the MVTec-like output tree and collects meta rows."""
 
-    def __init__(self, out: pathlib.Path, link: bool, source: pathlib.Path | None = None) -> None:
+    def __init__(self, out: pathlib.Path, link: bool, source: pathlib.Path | None = None,
+                 masks_required: bool = True) -> None:
         self.out = out
         self.link = link
         self.source = source
+        self.masks_required = masks_required  # False for an image-level set (HeadCT...): it has no masks
         self.meta: dict[str, dict[str, list]] = {"train": {}, "test": {}}
 
     def source_file(self, path: pathlib.Path, what: str) -> pathlib.Path:
@@ -163,7 +168,7 @@ class _TreeWriter:
             self._place(image, dest)
             src_desc = str(image)
         rel_mask = ""
-        if anomaly:
+        if anomaly and (mask is not None or self.masks_required):
             if mask is None:
                 raise DatasetError(f"Anomalous image {src_desc} has no mask; an anomalous image "
                                    "without mask is an error, not an empty mask.")
@@ -508,7 +513,7 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
     """Convert a dataset from its native layout into ``<data_root>/<key>/`` + ``meta.json``.
 
     Args:
-        key: one of ``DATASET_KEYS``.
+        key: one of ``ALL_DATASET_KEYS`` (or an alias: ``cvc-colondb``, ``cvc-clinicdb``).
         source_dir: the extracted native dataset (e.g. ``<data_root>/raw/<key>``); the
             expected folder is searched up to three levels below it.
         data_root: output parent folder.
@@ -524,7 +529,8 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
         FileExistsError: the output exists and ``overwrite`` is False.
     Taught in notebooks/00_setup.ipynb.
     """
-    dataset_source(key)
+    key = canonical_key(key)
+    src = dataset_source(key)
     if protocol is not None and key != "dagm":
         raise ValueError(f"protocol= applies to dagm only, not {key!r}.")
     source = pathlib.Path(source_dir)
@@ -536,15 +542,16 @@ def prepare_dataset(key: str, source_dir: str | os.PathLike, data_root: str | os
                               "prepare it again.")
     check_replaceable(out, flag="--data-root")  # --overwrite replaces only a folder we wrote
     with atomic_folder(out, "preparing") as tmp:
-        writer = _TreeWriter(tmp, link=link, source=source)
-        info = _PREPARERS[key](source, writer, protocol=protocol)
+        writer = _TreeWriter(tmp, link=link, source=source, masks_required="pixel" in src.levels)
+        info = (_PREPARERS.get(key) or MEDICAL_PREPARERS[key])(source, writer, protocol=protocol)
         meta = writer.sorted_meta()
         if not meta["test"]:
             raise DatasetError(f"No test images found for {key} in {source}.")
         counts = _counts(meta)
         info = {"dataset": key, "source": str(source.resolve()), **info,
                 "test_counts": {c: {"normal": n, "anomalous": a} for c, (n, a) in counts.items()},
-                "class_words": {c: class_word(key, c) for c in counts}}
+                "class_words": {c: class_word(key, c) for c in counts}, "domain": src.domain,
+                "levels": list(src.levels)}
         write_meta(tmp, meta)
         (tmp / "protocol.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         write_marker(tmp, "prepare")

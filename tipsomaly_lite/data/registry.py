@@ -3,7 +3,7 @@
 An entry (:class:`DatasetSource`) holds a benchmark's key, name, where it is published, its licence,
 its class folders and the published test counts; :data:`CLASS_WORDS` holds the prompt words that
 differ from the generic rule. A new benchmark is one entry here plus its layout reader in
-:mod:`tipsomaly_lite.data.prepare`.
+:mod:`tipsomaly_lite.data.prepare` (the medical ones: :mod:`tipsomaly_lite.data.prepare_medical`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 __all__ = ["DATASET_KEYS", "DATASETS", "DatasetSource", "CLASS_WORDS", "class_word", "dataset_source",
-           "KSDD_CLASS", "KSDD_TEST_SIZE", "KSDD_RANDOM_STATE", "DAGM_PROTOCOLS"]
+           "KSDD_CLASS", "KSDD_TEST_SIZE", "KSDD_RANDOM_STATE", "DAGM_PROTOCOLS",
+           "MEDICAL_KEYS", "ALL_DATASET_KEYS", "SUITES", "DATASET_ALIASES", "canonical_key"]
 
 #: Prompt words that differ from the generic rule, per dataset key. KSDD's class folder is
 #: ``electrical_commutators``; one published variant prompts with ``SDD`` instead.
@@ -61,6 +62,9 @@ class DatasetSource:
         test_anomalous: published number of anomalous test images.
         instructions: how to get the data by hand and which folder to pass to prepare.
         class_counts: published per-class ``(normal, anomalous)`` test counts, if known.
+        domain: ``"industrial"`` (the paper's seven) or ``"medical"`` (the authors' seven more).
+        levels: which metrics the benchmark defines: ``("image", "pixel")``; ``("image",)`` for a set
+            without masks; ``("pixel",)`` for a set whose every test image is anomalous.
     """
 
     key: str
@@ -74,6 +78,8 @@ class DatasetSource:
     test_anomalous: int | None
     instructions: str
     class_counts: dict[str, tuple[int, int]] | None = None
+    domain: str = "industrial"
+    levels: tuple[str, ...] = ("image", "pixel")
 
     def class_word(self, class_name: str) -> str:
         """Prompt word for a class of this dataset (``"metal_nut"`` -> ``"metal nut"``)."""
@@ -155,16 +161,83 @@ DATASETS: dict[str, DatasetSource] = {s.key: s for s in [
         "ground_truth/bad/<stem>_mask.png. Then run tipsomaly prepare dtd --source "
         "THAT_FOLDER."),
 ]}
-#: Their keys, in the same order.
+
+
+def _medical(key: str, name: str, cls: str, counts: tuple[int, int], levels: tuple[str, ...], licence: str,
+             instructions: str) -> DatasetSource:
+    return DatasetSource(key, name, None, None, None, licence, (cls,), counts[0], counts[1], instructions,
+                         domain="medical", levels=levels)
+
+
+#: The industrial benchmarks' keys (the paper's Table 1, ``benchmark --suite industrial``), in its order.
 DATASET_KEYS = tuple(DATASETS)
+
+#: The medical benchmarks of the authors' code (its ``train_test.sh``), evaluated with prompts trained on
+#: MVTec AD. One class each, named as the authors' dataset descriptions name it (the name is the prompt
+#: word): ``headct``, ``brain_mri`` ("brain mri"), ``br35h``, ``isic``, ``colon``, ``ClinicDB``, ``tn3k``.
+#: HeadCT, BrainMRI and Br35H have no masks (image level only); every test image of ISIC, CVC-ColonDB,
+#: CVC-ClinicDB and TN3K is anomalous (pixel level only). None has a stable direct link.
+DATASETS.update({s.key: s for s in [
+    _medical("headct", "HeadCT (head CT hemorrhage)", "headct", (100, 100), ("image",), "unclear (Kaggle upload)",
+             "Manual download: Kaggle dataset felipekitamura/head-ct-hemorrhage. Extract it so that one folder "
+             "holds labels.csv (columns id, hemorrhage; 1 = hemorrhage) and the images NNN.png (in head_ct/ or "
+             "below). Then run tipsomaly prepare headct --source THAT_FOLDER. Image level only (no masks)."),
+    _medical("brainmri", "BrainMRI (brain MRI images for brain tumor detection)", "brain_mri", (98, 155),
+             ("image",), "unclear (Kaggle upload)",
+             "Manual download: Kaggle dataset navoneel/brain-mri-images-for-brain-tumor-detection. Extract it; "
+             "the archive holds brain_tumor_dataset/yes/ (tumour) and brain_tumor_dataset/no/ (and a copy of "
+             "both at its top; brain_tumor_dataset/ is used when present). Then run tipsomaly prepare brainmri "
+             "--source THAT_FOLDER. Image level only (no masks)."),
+    _medical("br35h", "Br35H (brain tumor detection 2020)", "br35h", (1500, 1500), ("image",),
+             "unclear (Kaggle upload)",
+             "Manual download: Kaggle dataset ahmedhamada0/brain-tumor-detection. Extract it so that one folder "
+             "holds yes/ (tumour) and no/; its unlabelled pred/ and any other folder are left out, not labelled. "
+             "Then run tipsomaly prepare br35h --source THAT_FOLDER. Image level only (no masks)."),
+    _medical("isic", "ISIC 2016 (skin lesion segmentation, part 1 test set)", "isic", (0, 379), ("pixel",),
+             "the ISIC archive's terms (per image)",
+             "Manual download: the ISIC challenge data page (ISBI 2016, Part 1: lesion segmentation), the test "
+             "images ISBI2016_ISIC_Part1_Test_Data.zip and ground truth ISBI2016_ISIC_Part1_Test_GroundTruth.zip. "
+             "Extract both into one folder (ISIC_*.jpg and ISIC_*_Segmentation.png). Then run tipsomaly prepare "
+             "isic --source THAT_FOLDER. Every test image is anomalous: pixel level only."),
+    _medical("colondb", "CVC-ColonDB (PraNet test split)", "colon", (0, 380), ("pixel",), "research use",
+             "Manual download: PraNet's TestDataset (linked from the PraNet repository, DengPingFan/PraNet, on "
+             "Google Drive). Extract it so that one folder holds TestDataset/CVC-ColonDB/images/ and masks/ "
+             "(paired by file name). Then run tipsomaly prepare colondb --source THAT_FOLDER (cvc-colondb works "
+             "too). Every test image is anomalous: pixel level only."),
+    _medical("clinicdb", "CVC-ClinicDB (PraNet test split)", "ClinicDB", (0, 62), ("pixel",), "research use",
+             "Manual download: PraNet's TestDataset (linked from the PraNet repository, DengPingFan/PraNet, on "
+             "Google Drive). Extract it so that one folder holds TestDataset/CVC-ClinicDB/images/ and masks/ "
+             "(paired by file name). Then run tipsomaly prepare clinicdb --source THAT_FOLDER (cvc-clinicdb "
+             "works too). Every test image is anomalous: pixel level only."),
+    _medical("tn3k", "TN3K (thyroid nodule ultrasound, test split)", "tn3k", (0, 614), ("pixel",), "research use",
+             "Manual download: the TN3K release linked from the TRFE paper's repository (haifangong/TRFE-Net-for-"
+             "thyroid-nodule-segmentation). Extract it so that one folder holds test-image/ and test-mask/ "
+             "(paired by file name; the masks are JPEGs, binarised > 0). Then run tipsomaly prepare tn3k --source "
+             "THAT_FOLDER. Every test image is anomalous: pixel level only."),
+]})
+#: The medical benchmarks' keys, image-level sets first (the authors' order).
+MEDICAL_KEYS = tuple(k for k, s in DATASETS.items() if s.domain == "medical")
+#: Every key the registry knows.
+ALL_DATASET_KEYS = DATASET_KEYS + MEDICAL_KEYS
+#: ``benchmark --suite NAME``: which benchmarks a suite runs.
+SUITES = {"industrial": DATASET_KEYS, "medical": MEDICAL_KEYS}
+#: Other spellings accepted for a key (the authors' script names).
+DATASET_ALIASES = {"cvc-colondb": "colondb", "cvc-clinicdb": "clinicdb"}
+
+
+def canonical_key(key: str) -> str:
+    """The registry key for ``key`` or one of its :data:`DATASET_ALIASES` (``"cvc-colondb"`` -> ``"colondb"``);
+    any other string is returned as it is."""
+    return DATASET_ALIASES.get(key, key)
 
 
 def dataset_source(key: str) -> DatasetSource:
-    """The registry entry of ``key``.
+    """The registry entry of ``key`` (an alias such as ``cvc-colondb`` names its key's entry).
 
     Raises:
         ValueError: an unknown key; the message lists the known ones.
     """
+    key = canonical_key(key)
     if key not in DATASETS:
-        raise ValueError(f"Unknown dataset key {key!r}; expected one of {DATASET_KEYS}.")
+        raise ValueError(f"Unknown dataset key {key!r}; expected one of {ALL_DATASET_KEYS}.")
     return DATASETS[key]

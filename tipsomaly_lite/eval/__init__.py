@@ -13,7 +13,8 @@ _PUBLIC = {
     "tipsomaly_lite.eval.metrics": ("PixelAccumulator", "MetricWarning", "aupro", "image_auroc", "image_ap",
                                     "image_metrics", "f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
                                     "pixel_metrics", "compat_thresholds"),
-    "tipsomaly_lite.eval.protocol": ("METRICS", "METRIC_LABELS", "PAPER_RESULTS", "prompts_trained_on"),
+    "tipsomaly_lite.eval.protocol": ("METRICS", "METRIC_LABELS", "PAPER_RESULTS", "prompts_trained_on",
+                                     "fixed_prompt_set"),
     "tipsomaly_lite.eval.evaluation": ("EvaluationResult", "evaluate", "benchmark_table", "paper_table"),
 }
 __getattr__, __dir__, __all__ = face(__name__, _PUBLIC)

@@ -7,6 +7,10 @@ maps' own range, 10 MiB), so memory does not grow with the dataset: a 2,000-imag
 times 100. Besides the paper's six (:data:`METRICS`) every table, CSV and ``results.json`` carries
 :data:`EXTRA_METRICS` (pixel AP, which the authors' code also reports) in a last column.
 
+A metric the data cannot define (image metrics when every test image is anomalous, as in ISIC; pixel
+metrics on a set without masks, as in HeadCT) is *missing*, never 0: ``nan`` in memory, ``–`` in
+``results.md`` (with one line saying why), ``null`` in JSON, an empty CSV cell, and left out of every mean.
+
 Under ``torchrun`` the processes take turns at whole batches (:func:`tipsomaly_lite.distributed.shard`),
 then gather the image scores back into dataset order and sum the pixel histograms, so every
 process ends with the result one process would compute (the scores bit for bit; the pixel metrics
@@ -34,7 +38,8 @@ from tqdm.auto import tqdm
 from tipsomaly_lite import __version__, distributed
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
-from tipsomaly_lite.eval.metrics import AUPRO_MODES, MetricWarning, PixelAccumulator, image_metrics
+from tipsomaly_lite.eval.metrics import AUPRO_MODES, PIXEL_METRICS, MetricWarning, PixelAccumulator, image_metrics
+from tipsomaly_lite.data.registry import MEDICAL_KEYS
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS, PAPER_RESULTS, SCORE_KINDS, prompts_trained_on
 from tipsomaly_lite.eval.report import backbone_line, meaningless_line, paper_applies, paper_note
 from tipsomaly_lite.offline import warn_caller
@@ -70,9 +75,47 @@ def _by_class(scores: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _fmt(v: float | None) -> str:
-    if v is None:
-        return "–"  # a number the source does not have (the paper has no pixel AP)
-    return "nan" if math.isnan(v) else f"{v:.1f}"
+    if v is None or math.isnan(v):
+        return "–"  # missing: a number the source does not have (the paper has no pixel AP) or an undefined one
+    return f"{v:.1f}"
+
+
+def _missing(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _null_missing(obj: Any) -> Any:
+    """``obj`` with every NaN float replaced by None, so that JSON holds ``null``, never ``NaN``."""
+    if isinstance(obj, dict):
+        return {k: _null_missing(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_null_missing(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
+def _nan_missing(table: dict[str, Any]) -> dict[str, Any]:
+    """A saved metric table (``{name: value}`` or ``{class: {name: value}}``) with ``null`` read back as NaN."""
+    return {k: _nan_missing(v) if isinstance(v, dict) else (math.nan if v is None else v) for k, v in table.items()}
+
+
+def _image_reason(labels: list[int]) -> str | None:
+    n, anomalous = len(labels), sum(labels)
+    if 0 < anomalous < n:
+        return None
+    return f"all {n} images are anomalous" if anomalous == n else f"all {n} images are normal"
+
+
+def _missing_line(per_class: dict[str, dict[str, float]], reasons: dict[str, str], cols: tuple[str, ...]) -> str:
+    """One line naming each class's missing metrics and why, or "" when nothing is missing."""
+    parts = []
+    for cls, m in per_class.items():
+        gone = [_LABELS[k] for k in cols if _missing(m.get(k))]
+        if gone:
+            parts.append(f"{cls}: {', '.join(gone)} ({reasons.get(cls, 'see the warnings')})")
+    if not parts:
+        return ""
+    return ("`–` = undefined (the metric functions return nan and warn), left out of every mean: "
+            + "; ".join(parts) + ".")
 
 
 #: The columns of a score row that are not scores.
@@ -136,8 +179,12 @@ class EvaluationResult:
             ref = PAPER_RESULTS[self.dataset]
             lines.append("| paper | " + " | ".join(_fmt(ref.get(k)) for k in cols) + " |")
             lines.append("| ours - paper | " + " | ".join(
-                f"{self.mean[k] - ref[k]:+.1f}" if k in ref else "–" for k in cols) + " |")
+                f"{self.mean[k] - ref[k]:+.1f}" if k in ref and not _missing(self.mean[k]) else "–"
+                for k in cols) + " |")
             lines += ["", "The paper's AUPRO is the ZSAD papers' 200-threshold recipe (`--aupro-mode compat`)."]
+        why = _missing_line(self.per_class, self.config.get("undefined_metrics") or {}, cols)
+        if why:
+            lines += ["", why]
         return "\n".join(lines) + "\n"
 
     def _columns(self) -> tuple[str, ...]:
@@ -150,12 +197,12 @@ class EvaluationResult:
         cols = self._columns()
         writer.writerow(["dataset", "class"] + list(cols))
         for cls, m in list(self.per_class.items()) + [("mean", self.mean)]:
-            writer.writerow([self.dataset, cls] + [f"{m[k]:.4f}" for k in cols])
+            writer.writerow([self.dataset, cls] + ["" if _missing(m[k]) else f"{m[k]:.4f}" for k in cols])
         return buf.getvalue()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "per_class": self.per_class, "mean": self.mean, "config": self.config,
-                "meaningless": self.offline}
+        return _null_missing({"dataset": self.dataset, "per_class": self.per_class, "mean": self.mean,
+                              "config": self.config, "meaningless": self.offline})
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "EvaluationResult":
@@ -175,8 +222,11 @@ class EvaluationResult:
             with open(paths["scores.csv"], encoding="utf-8", newline="") as f:
                 scores = [{"path": r["path"], "class_name": r["class_name"], "label": int(r["label"]),
                            **{k: float(v) for k, v in r.items() if k not in _ROW_KEYS}} for r in csv.DictReader(f)]
-            return cls(saved["dataset"], saved["per_class"], saved["mean"], saved["config"], scores)
-        except (KeyError, ValueError, TypeError) as err:
+            config = saved["config"]
+            if isinstance(config.get("pixel_error_bounds"), dict):
+                config["pixel_error_bounds"] = _nan_missing(config["pixel_error_bounds"])
+            return cls(saved["dataset"], _nan_missing(saved["per_class"]), _nan_missing(saved["mean"]), config, scores)
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise ValueError(f"{out}: results.json / scores.csv are not what EvaluationResult.save writes "
                              f"({type(err).__name__}: {err})") from err
 
@@ -185,8 +235,8 @@ class EvaluationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         texts = {"results.md": self.to_markdown(paper), "results.csv": self.to_csv(),
-                 "results.json": json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n",
-                 "config.json": json.dumps(self.config, indent=1) + "\n"}
+                 "results.json": json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n",
+                 "config.json": json.dumps(_null_missing(self.config), indent=1, allow_nan=False) + "\n"}
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=[*_ROW_KEYS, *self.score_kinds], lineterminator="\n")
         writer.writeheader()
@@ -218,10 +268,13 @@ def paper_table() -> str:
 def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) -> str:
     """One row per dataset (its mean over classes) and the mean over datasets, x100.
 
+    A metric a dataset cannot define (missing, ``–``) is left out of the mean over datasets, and a line
+    under the table says over how many datasets each such mean is.
+
     Args:
         results: dataset key -> its :class:`EvaluationResult`, in table order.
-        paper: add the paper's row under each dataset and its industrial mean (only when every result's
-            backbone is one the paper reports; otherwise a line says why they are absent).
+        paper: add the paper's row under each dataset and its mean (industrial, medical, or both), only when every
+            result's backbone is one the paper reports (otherwise a line says why they are absent).
     Returns:
         The Markdown table, headed by the backbone(s) that ran (and the MEANINGLESS banner when a result is offline).
     Taught in notebooks/06_benchmark.ipynb.
@@ -235,10 +288,16 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
         if paper and name in PAPER_RESULTS:
             rows.append((f"{name} (paper)", PAPER_RESULTS[name]))
     cols = METRICS + tuple(k for k in EXTRA_METRICS if all(k in r.mean for r in results.values()))
-    means = {k: float(np.mean([r.mean[k] for r in results.values()])) for k in cols}
+    defined = {k: [r.mean[k] for r in results.values() if not _missing(r.mean[k])] for k in cols}
+    means = {k: float(np.mean(v)) if v else math.nan for k, v in defined.items()}
     rows.append((f"**mean of {len(results)}**", means))
     if paper:
-        rows.append(("industrial mean of 7 (paper)", PAPER_RESULTS["industrial_mean"]))
+        medical = [name in MEDICAL_KEYS for name in results]
+        if not all(medical):
+            rows.append(("industrial mean of 7 (paper)", PAPER_RESULTS["industrial_mean"]))
+        if any(medical):
+            rows.append(("medical mean of 7 (paper)", PAPER_RESULTS["medical_mean"]))
+    partial = [f"{_LABELS[k]} over {len(v)}" for k, v in defined.items() if len(v) < len(results)]
     lines = []
     offline = [r.config for r in results.values() if r.offline]
     if offline:
@@ -248,7 +307,11 @@ def benchmark_table(results: dict[str, EvaluationResult], paper: bool = True) ->
         lines += [paper_note(configs), ""]
     modes = sorted({str(r.config.get("aupro_mode")) for r in results.values()})
     lines += [f"Mean over classes per dataset, x100; AUPRO: {', '.join(modes)} (the paper's is compat).", ""]
-    return "\n".join(lines + _table(rows, "dataset", cols)) + "\n"
+    lines += _table(rows, "dataset", cols)
+    if partial:
+        lines += ["", f"`–` = undefined for that dataset (every test image anomalous: no image metric; no masks: no "
+                      f"pixel metric), left out of the mean of {len(results)}: {', '.join(partial)} datasets."]
+    return "\n".join(lines) + "\n"
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -316,13 +379,15 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
                                          shuffle=False, num_workers=num_workers, collate_fn=_collate)
     pixels: dict[str, PixelAccumulator] = {}
     scores: list[dict[str, Any]] = []
+    pixel_level = bool(getattr(dataset, "pixel_level", True))  # False: no masks (HeadCT...), pixel metrics missing
     bar = tqdm(loader, desc=f"evaluating {name}" + (f" ({world_size} processes)" if world_size > 1 else ""),
                unit="batch", disable=not progress or rank != 0)
     for batch in bar:
         pred = detector.predict(batch["image"], batch["class_word"])
         maps, masks = pred.anomaly_map.cpu(), batch["mask"][:, 0] > 0.5
         for i, cls in enumerate(batch["class_name"]):
-            pixels.setdefault(cls, PixelAccumulator(name=cls)).add(maps[i:i + 1], masks[i:i + 1])
+            if pixel_level:
+                pixels.setdefault(cls, PixelAccumulator(name=cls)).add(maps[i:i + 1], masks[i:i + 1])
             scores.append({"path": batch["path"][i], "class_name": cls, "label": int(batch["label"][i]),
                            "image_score": float(pred.image_score[i]), "global_score": float(pred.global_score[i]),
                            "local_score": float(pred.local_score[i]),
@@ -330,14 +395,27 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
     if world_size > 1:
         scores = _gather_scores(mine, scores)
         pixels = _reduce_pixels(pixels)
-    per_class, bounds = {}, {}
+    per_class, bounds, reasons = {}, {}, {}
     by_class = _by_class(scores)
-    for cls in sorted(pixels):
+    if not pixel_level:
+        warn_caller(f"{name}: pixel AUROC, AP, F1-max and AUPRO are undefined: the set has no masks (image level "
+                    "only); they are reported as missing", MetricWarning)
+    for cls in sorted(by_class):
         rows = by_class[cls]
-        m = image_metrics([r["label"] for r in rows], [r["image_score"] for r in rows], name=cls)
-        m.update(pixels[cls].compute(aupro_mode))
+        labels = [r["label"] for r in rows]
+        m = image_metrics(labels, [r["image_score"] for r in rows], name=cls)
+        if pixel_level:
+            m.update(pixels[cls].compute(aupro_mode))
+            bounds[cls] = {k: 100 * v for k, v in pixels[cls].error_bounds(aupro_mode).items()}
+        else:
+            m.update({k: math.nan for k in PIXEL_METRICS})
+            bounds[cls] = {k: math.nan for k in PIXEL_METRICS}
         per_class[cls] = {k: 100 * m[k] for k in _COLUMNS}
-        bounds[cls] = {k: 100 * v for k, v in pixels[cls].error_bounds(aupro_mode).items()}
+        why = [f"image: {_image_reason(labels)}"] if _image_reason(labels) else []
+        pixel_why = "the set has no masks" if not pixel_level else pixels[cls].undefined_reason()
+        why += [f"pixel: {pixel_why}"] if pixel_why else []
+        if why:
+            reasons[cls] = "; ".join(why)
     root = Path(getattr(dataset, "root", "."))
     protocol = read_json(root / "protocol.json", what="protocol.json") if (root / "protocol.json").is_file() else None
     config = {"dataset": name, "dataset_root": str(root), "protocol": protocol, "n_images": len(scores),
@@ -346,6 +424,7 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
               "pixel_metrics_on": "the anomaly maps' own values (histogram bins over their range)",
               "pixel_error_bounds": bounds,  # per class, x100: 0 = exact (PixelAccumulator.error_bounds)
               "world_size": world_size,  # processes that shared the images (torchrun); the results do not depend on it
+              **({"undefined_metrics": reasons} if reasons else {}),  # class -> why its missing metrics are missing
               "tipsomaly_lite": __version__, "torch": torch.__version__,
               "python": platform.python_version(), **detector.config(), **(extra_config or {})}
     return EvaluationResult(name, per_class, _mean(per_class, _COLUMNS, name), config, scores)

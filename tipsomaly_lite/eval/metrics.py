@@ -352,6 +352,10 @@ class PixelAccumulator(PixelHistogram):
             return f"every pixel of the {self._n_images} images is anomalous"
         return None
 
+    def undefined_reason(self) -> str | None:
+        """Why the pixel metrics of this class are undefined (no anomalous or no normal pixel), or None."""
+        return self._undefined_reason()
+
     def _descending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cumulative (FP, TP, PRO numerator) at every non-empty bin, highest first (value >= its min)."""
         return curves.cumulative_from_top(self._normal, self._anomalous, self._pro_weight)
