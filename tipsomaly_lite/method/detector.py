@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from tipsomaly_lite.method.few_shot import NN_WEIGHT, ReferenceMemory, fuse_patch_scores
 from tipsomaly_lite.method.fusion import fuse_scores, local_score
 from tipsomaly_lite.method.maps import anomaly_map
 from tipsomaly_lite.method.prompt_learner import PromptLearner
@@ -94,6 +95,8 @@ class Detector:
         self.prompts_source = "none" if prompts is None or mode == "training_free" else prompts_source or "given"
         self.learned_features: Tensor | None = None  # (2, D)
         self.n_prompt_tokens = 0
+        #: Few-shot: K normal images per class (docs/method.md §2.8); None = zero-shot, the method unchanged.
+        self.references: ReferenceMemory | None = None
         if prompts is not None and mode != "training_free":
             if not isinstance(prompts, PromptLearner):
                 normal, anomalous = prompts
@@ -113,13 +116,17 @@ class Detector:
 
     @torch.no_grad()
     def predict_features(self, features: dict[str, Tensor], class_words: str | Sequence[str],
-                         image_size: int | tuple[int, int] | None = None) -> Prediction:
+                         image_size: int | tuple[int, int] | None = None, *,
+                         nearest_scores: Tensor | None = None) -> Prediction:
         """Scores from already-computed vision features (e.g. from a :class:`FeatureCache`).
 
         Args:
             features: ``patch_tokens (B, N, D)`` and a ``(B, D)`` entry per global token of the backbone.
             class_words: one prompt word per image (or one for all).
             image_size: side of the anomaly maps; None skips the maps (scores only).
+            nearest_scores: ``(B, N)`` nearest-neighbour scores in [0, 1] to fuse with the patch
+                probabilities (Eq. 14; mutual scoring passes them); default: from :attr:`references`
+                when set, else none (zero-shot).
         """
         patches = features["patch_tokens"]
         b, n, _ = patches.shape
@@ -130,6 +137,11 @@ class Detector:
         by_token = {t: global_score(features[t], image_text, self.model.temperature) for t in self.model.global_tokens}
         g = by_token[self.token]
         patch_scores = patch_probabilities(patches, pixel_text, self.model.temperature)[..., 1]
+        if nearest_scores is None and self.references is not None:
+            nearest_scores = self.references.scores(patches, words, self.model)
+        if nearest_scores is not None:  # few-shot or mutual (docs/method.md §2.8-2.9): maps and local score
+            patch_scores = fuse_patch_scores(patch_scores, nearest_scores, self.references.weight
+                                             if self.references is not None else NN_WEIGHT)
         fused = fuse_scores(g, patch_scores, self.global_weight, self.local_weight)
         amap = None
         if image_size is not None:
@@ -158,7 +170,8 @@ class Detector:
                 "n_prompt_tokens": self.n_prompt_tokens, "sigma": self.sigma, "map_filter":
                 "torch separable Gaussian, equal to scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)",
                 "global_weight": self.global_weight, "local_weight": self.local_weight,
-                "temperature": self.model.temperature}
+                "temperature": self.model.temperature,
+                **({"few_shot": self.references.config()} if self.references is not None else {})}
 
     def __repr__(self) -> str:
         return (f"Detector(mode={self.mode!r}, token={self.token!r}, prompt_set={self.prompt_set.name!r}, "
