@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from tipsomaly_lite.backbones.base import Backbone
+from tipsomaly_lite.backbones.base import Backbone, l2_normalize
 from tipsomaly_lite.data.datasets import DatasetError, load_image, read_meta
 from tipsomaly_lite.data.registry import class_word
 from tipsomaly_lite.io.flags import MAX_SHOTS
@@ -43,12 +43,6 @@ __all__ = ["DEFAULT_CHUNK", "NN_WEIGHT", "MAX_SHOTS", "pair_min_distances", "nea
 DEFAULT_CHUNK = 4096
 #: λ of Eq. 14: the weight of the nearest-neighbour score beside the zero-shot probability (WinCLIP+ averages).
 NN_WEIGHT = 0.5
-
-
-def _unit(x: Tensor) -> Tensor:
-    """float32 rows scaled to unit length, as everywhere in the package (norm floored at 1e-3)."""
-    x = x.float()
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-3)
 
 
 def pair_min_distances(a: Tensor, b: Tensor, chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
@@ -78,12 +72,12 @@ def pair_min_distances(a: Tensor, b: Tensor, chunk: int = DEFAULT_CHUNK) -> tupl
         raise ValueError(f"nearest neighbours need non-empty sets, got {len(a)} and {len(b)} rows")
     if int(chunk) < 1:
         raise ValueError(f"chunk must be >= 1 rows, got {chunk}")
-    a, b, chunk = _unit(a), _unit(b).to(a.device), int(chunk)
+    a, b, chunk = l2_normalize(a.float()), l2_normalize(b.float()).to(a.device), int(chunk)
     row = torch.full((len(a),), float("inf"), device=a.device)
     col = torch.full((len(b),), float("inf"), device=a.device)
     for i in range(0, len(a), chunk):
         for j in range(0, len(b), chunk):
-            d = (1.0 - a[i:i + chunk] @ b[j:j + chunk].T) / 2
+            d = (a[i:i + chunk] @ b[j:j + chunk].T).neg_().add_(1.0).mul_(0.5)  # in place: one block
             row[i:i + chunk] = torch.minimum(row[i:i + chunk], d.amin(dim=1))
             col[j:j + chunk] = torch.minimum(col[j:j + chunk], d.amin(dim=0))
     return row.clamp_(0.0, 1.0), col.clamp_(0.0, 1.0)  # rounding can step a hair outside
@@ -229,7 +223,7 @@ class ReferenceMemory:
             if not torch.isfinite(feats).all():
                 raise ValueError(f"references[{key!r}]: the features hold NaN or infinite values")
             shapes.add(tuple(feats.shape[1:]))
-            tokens[str(key)] = _unit(feats.detach()).reshape(-1, feats.shape[-1])
+            tokens[str(key)] = l2_normalize(feats.detach().float()).reshape(-1, feats.shape[-1])
             shots[str(key)] = int(feats.shape[0])
         if len(shapes) > 1:
             raise ValueError(f"references: every class needs the same (N, D) patch tokens, got {sorted(shapes)}")
@@ -263,14 +257,16 @@ class ReferenceMemory:
 
     @classmethod
     def from_dataset(cls, model: Backbone, root: str | os.PathLike, drawn: Mapping[str, Sequence[str]], *,
-                     key: str | None = None, batch_size: int = 8, chunk: int = DEFAULT_CHUNK) -> "ReferenceMemory":
+                     key: str | None = None, image_size: int | None = None, batch_size: int = 8,
+                     chunk: int = DEFAULT_CHUNK) -> "ReferenceMemory":
         """A memory from :func:`draw_references`' paths, read like the dataset's test images.
 
         Args:
-            model: the backbone (its ``image_size`` is the side the images are read at).
+            model: the backbone.
             root: the dataset folder the paths are relative to.
             drawn: class name -> paths relative to ``root``.
             key: the dataset key for the class words (default: the folder name, as AnomalyDataset).
+            image_size: the side the images are read at, the test images' (default ``model.image_size``).
         Raises:
             ValueError: two classes share a prompt word (the memory is kept per word).
         """
@@ -283,7 +279,8 @@ class ReferenceMemory:
                                  "few-shot references are kept per word, so they cannot be told apart")
             words[word] = cls_name
         try:
-            images = {w: torch.stack([load_image(root / p, model.image_size) for p in drawn[c]])
+            size = int(image_size or model.image_size)
+            images = {w: torch.stack([load_image(root / p, size) for p in drawn[c]])
                       for w, c in words.items()}
         except DatasetError as err:
             raise ValueError(f"a reference image: {err}") from None

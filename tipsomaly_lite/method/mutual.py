@@ -6,7 +6,7 @@ is rare, and it differs from one image to the next). For image ``b`` of a class 
 images (docs/method.md §2.9):
 
     d_{b,c}(i) = min_j (1 - cos(z_{b,i}, z_{c,j})) / 2        for every other image c != b
-    m_b(i) = mean of the ceil(X (B - 1)) smallest of d_{b,c}(i) over c     (Eq. 16, X = 30 %)
+    m_b(i) = mean of the ceil(X (B - 1)) smallest of d_{b,c}(i) over c     (Eq. 15, X = 30 %)
 
 The mean of the smallest values over the other images (MuSc's *interval average*) is robust: an
 image that shares the defect (or is itself anomalous there) lands among the large distances and is
@@ -16,9 +16,10 @@ reference image is read, and the result does not depend on the order of the imag
 ``c`` are sorted before averaging).
 
 Cost: every pair of images meets once, ``B (B - 1) / 2`` blocks of ``N x N`` dot products of width
-``D``, i.e. ``B^2 N^2 D`` multiply-adds, quadratic in the batch. Memory: the features ``B N D`` and
-the table of per-image minima ``B^2 N`` floats (100 images of 1369 patches: 55 MiB), plus one
-``chunk x chunk`` block. ``benchmarks/bench_mutual.py`` prints both for a growing batch.
+``D``, i.e. ``B^2 N^2 D / 2`` multiply-adds, quadratic in the batch (one image meets as many others at
+once as fit in a block of ``chunk^2`` distances). Memory: the features ``B N D`` and the table of
+per-image minima ``B^2 N`` floats (100 images of 1369 patches: 52 MiB), plus one block of at most
+``chunk^2`` floats (64 MiB at the default 4096). ``benchmarks/bench_mutual.py`` prints both for a growing batch.
 
 Taught in notebooks/09_few_normal_images.ipynb.
 """
@@ -31,11 +32,12 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from tipsomaly_lite.backbones.base import l2_normalize
 from tipsomaly_lite.method.few_shot import DEFAULT_CHUNK, pair_min_distances
 
 __all__ = ["DEFAULT_FRACTION", "interval_average", "mutual_scores", "predict_mutual", "mutual_predictions"]
 
-#: X of Eq. 16: the share of the other images whose distances are averaged (MuSc's interval average).
+#: X of Eq. 15: the share of the other images whose distances are averaged (MuSc's interval average).
 DEFAULT_FRACTION = 0.3
 
 
@@ -58,7 +60,7 @@ def interval_average(distances: Tensor, fraction: float = DEFAULT_FRACTION) -> T
 
 
 def mutual_scores(patch_tokens: Tensor, fraction: float = DEFAULT_FRACTION, chunk: int = DEFAULT_CHUNK) -> Tensor:
-    """Eq. 16: every patch's interval-averaged distance to its nearest patch in each other image.
+    """Eq. 15: every patch's interval-averaged distance to its nearest patch in each other image.
 
     Args:
         patch_tokens: ``(B, N, D)`` of B >= 2 test images of one class.
@@ -77,27 +79,42 @@ def mutual_scores(patch_tokens: Tensor, fraction: float = DEFAULT_FRACTION, chun
         raise ValueError(f"mutual scoring needs at least 2 test images of a class (each is scored against the "
                          f"others), got {b}")
     _check_fraction(fraction)
+    chunk = int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 rows, got {chunk}")
+    x = l2_normalize(patch_tokens.float())
     # minima[b, c] = each patch of image b's distance to image c; the diagonal is dropped below.
-    minima = torch.empty(b, b, n, device=patch_tokens.device)
+    minima = torch.empty(b, b, n, device=x.device)
+    group = chunk * chunk // (n * n)  # other images searched at once: a block of n x (group * n) <= chunk^2
     for i in range(b):
-        for j in range(i + 1, b):  # one search per pair serves both directions
-            minima[i, j], minima[j, i] = pair_min_distances(patch_tokens[i], patch_tokens[j], chunk)
+        if group == 0:  # a patch grid larger than a block: pair by pair, in chunks
+            for j in range(i + 1, b):
+                minima[i, j], minima[j, i] = pair_min_distances(x[i], x[j], chunk)
+            continue
+        for j0 in range(i + 1, b, group):  # each pair once: both directions from one block
+            j1 = min(b, j0 + group)
+            d = (x[i] @ x[j0:j1].reshape(-1, x.shape[-1]).T).neg_().add_(1.0).mul_(0.5).view(n, j1 - j0, n)
+            minima[i, j0:j1] = d.amin(dim=2).T  # each patch of i to its nearest in image j
+            minima[j0:j1, i] = d.amin(dim=0)  # each patch of j to its nearest in image i
+    minima.clamp_(0.0, 1.0)
     others = minima[~torch.eye(b, dtype=torch.bool, device=minima.device)].reshape(b, b - 1, n)
     return interval_average(others, fraction)
 
 
 @torch.no_grad()
-def predict_mutual(detector: Any, images: Tensor, class_words: str | Sequence[str], maps: bool = True, *,
-                   fraction: float = DEFAULT_FRACTION, features: dict[str, Tensor] | None = None) -> Any:
+def predict_mutual(detector: Any, images: Tensor | None, class_words: str | Sequence[str], maps: bool = True, *,
+                   fraction: float = DEFAULT_FRACTION, features: dict[str, Tensor] | None = None,
+                   image_size: int | tuple[int, int] | None = None) -> Any:
     """The detector's prediction with mutual scores fused in (Eq. 14 with ``m`` for ``a``), per class word.
 
     Args:
         detector: a :class:`~tipsomaly_lite.method.detector.Detector` (its references, if any, are not used).
-        images: ``image (B, 3, S, S)`` in [0, 1]; at least two per class word.
+        images: ``image (B, 3, S, S)`` in [0, 1]; at least two per class word (None with ``features``).
         class_words: per image, or one for all; images of a word are scored against each other only.
         maps: also compute the anomaly maps.
-        fraction: X of Eq. 16.
+        fraction: X of Eq. 15.
         features: the images' features when already computed (``encode_features``), else encoded here.
+        image_size: the maps' side (default: the images'; needed for maps from ``features`` alone).
     Returns:
         A :class:`~tipsomaly_lite.method.detector.Prediction`.
     Raises:
@@ -117,8 +134,10 @@ def predict_mutual(detector: Any, images: Tensor, class_words: str | Sequence[st
                              "images of each class to score them against each other")
         nearest[idx] = mutual_scores(feats["patch_tokens"][idx], fraction, detector.references.chunk
                                      if detector.references is not None else DEFAULT_CHUNK)
-    return detector.predict_features(feats, words, tuple(images.shape[-2:]) if maps else None,
-                                     nearest_scores=nearest)
+    size = image_size if image_size is not None else tuple(images.shape[-2:]) if images is not None else None
+    if maps and size is None:
+        raise ValueError("predict_mutual: maps from features alone need image_size")
+    return detector.predict_features(feats, words, size if maps else None, nearest_scores=nearest)
 
 
 def _take(batch: dict[str, Any], rows: slice) -> dict[str, Any]:
@@ -146,7 +165,7 @@ def mutual_predictions(detector: Any, batches: Iterable[dict[str, Any]], *, frac
         detector: the detector.
         batches: dicts with ``image (b, 3, S, S)``, ``class_name`` and ``class_word`` lists, and any other
             per-image entries (tensors or lists), as the evaluation's DataLoader gives them.
-        fraction: X of Eq. 16.
+        fraction: X of Eq. 15.
     Yields:
         ``(batch without its images, Prediction)`` in the order of the images.
     Raises:
