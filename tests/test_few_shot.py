@@ -63,14 +63,23 @@ def _features(tiny, n=6, seed=0):
 
 
 def test_k0_is_todays_zero_shot_bit_for_bit(tiny):
+    """No references: the zero-shot pipeline step by step (Eq. 2, 3, 8, 9), compared with torch.equal."""
+    from tipsomaly_lite.method.fusion import fuse_scores, local_score
+    from tipsomaly_lite.method.scoring import global_score, patch_probabilities
+
     images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    plain = Detector(tiny).predict(images, "bottle")
     zero = Detector(tiny)
     assert zero.references is None
-    again = zero.predict(images, "bottle")
-    for field in ("image_score", "global_score", "local_score", "patch_scores", "anomaly_map"):
-        assert torch.equal(getattr(plain, field), getattr(again, field)), field
-    assert zero.config() == Detector(tiny).config()
+    pred = zero.predict(images, "bottle")
+    feats = tiny.encode_features(images)
+    image_text, pixel_text = zero.text_features(["bottle"] * 4)
+    g = global_score(feats[zero.token], image_text, tiny.temperature)
+    p = patch_probabilities(feats["patch_tokens"], pixel_text, tiny.temperature)[..., 1]
+    expected = {"image_score": fuse_scores(g, p), "global_score": g, "local_score": local_score(p), "patch_scores": p,
+                "anomaly_map": anomaly_map(p, tiny.patch_grid(SIZE), SIZE, sigma=zero.sigma)}
+    for field, value in expected.items():
+        assert torch.equal(getattr(pred, field), value), field
+    assert "few_shot" not in zero.config()
 
 
 def test_few_shot_map_is_the_zero_shot_map_fused_with_the_nn_map(tiny):
@@ -358,3 +367,13 @@ def test_predict_with_references(toy, tmp_path, capsys, _offline):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_mutual_scoring_refuses_torchrun_and_words_shared_by_two_classes_are_refused(tiny, toy, monkeypatch):
+    from tipsomaly_lite import distributed
+
+    with pytest.raises(ValueError, match="two classes share|share the prompt word"):
+        ReferenceMemory.from_dataset(tiny, toy, {"hex_nut": ["a.png"], "hex-nut": ["b.png"]})
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="without torchrun"):
+        evaluate(Detector(tiny), AnomalyDataset(toy, image_size=SIZE), progress=False, mutual_scoring=True)
