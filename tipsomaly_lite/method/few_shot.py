@@ -122,10 +122,10 @@ def draw_references(root: str | os.PathLike, classes: Sequence[str], shots: int,
                     seed: int = 0) -> dict[str, list[str]]:
     """K normal reference images per class from the **train** split of a prepared dataset, seeded.
 
-    A candidate is a train row with ``anomaly`` 0 and no mask whose image is not also listed in the
-    test split (compared after resolving links). Candidates are sorted by path, then a
-    ``random.Random(seed)`` draws K of them per class (classes in sorted order), so a seed always
-    gives the same images.
+    A candidate is a train row with ``anomaly`` 0 and no mask (rows with a mask or an anomaly label are
+    never candidates). Candidates are sorted by path, then a ``random.Random(seed)`` draws K of them per
+    class (classes in sorted order), so a seed always gives the same images. A drawn image that is
+    also listed in the test split, or that resolves (through links) outside ``root``, is refused.
 
     Args:
         root: the prepared dataset folder (holding ``meta.json``).
@@ -136,7 +136,7 @@ def draw_references(root: str | os.PathLike, classes: Sequence[str], shots: int,
         ``{class name: [K paths relative to root]}``.
     Raises:
         ValueError: ``shots`` out of range; a class with fewer than K normal train images (names it and
-            how many it has); a drawn image that is also in the test split or has a mask.
+            how many it has); a drawn image that is also in the test split or lies outside ``root``.
     Taught in notebooks/09_few_normal_images.ipynb.
     """
     _check_shots(shots, "shots (--shots)")
@@ -145,6 +145,7 @@ def draw_references(root: str | os.PathLike, classes: Sequence[str], shots: int,
     root = Path(root)
     meta = read_meta(root)
     test_files = {os.path.realpath(root / row["img_path"]) for rows in meta["test"].values() for row in rows}
+    inside = os.path.realpath(root) + os.sep
     rng = random.Random(seed)
     drawn: dict[str, list[str]] = {}
     for cls in sorted(classes):
@@ -159,9 +160,13 @@ def draw_references(root: str | os.PathLike, classes: Sequence[str], shots: int,
         picked = sorted(rng.sample(range(len(normal)), shots))
         for i in picked:
             path = normal[i]["img_path"]
-            if os.path.realpath(root / path) in test_files:
+            real = os.path.realpath(root / path)
+            if real in test_files:
                 raise ValueError(f"{root / 'meta.json'}: the train image {path} of class {cls!r} is also in the test "
                                  "split; a reference must never be a test image (prepare the dataset again)")
+            if not real.startswith(inside):
+                raise ValueError(f"{root / 'meta.json'}: the train image {path} of class {cls!r} resolves to {real}, "
+                                 f"outside {root}; refusing")
         drawn[cls] = [normal[i]["img_path"] for i in picked]
     return drawn
 
@@ -214,6 +219,8 @@ class ReferenceMemory:
             raise ValueError("references: no class given (K = 0 is zero-shot: leave detector.references None)")
         if not 0.0 <= float(weight) <= 1.0:
             raise ValueError(f"references: weight must lie in [0, 1], got {weight}")
+        if int(chunk) < 1:
+            raise ValueError(f"references: chunk must be >= 1 rows, got {chunk}")
         tokens, shots, shapes = {}, {}, set()
         for key, feats in features.items():
             if not torch.is_tensor(feats) or feats.ndim != 3 or 0 in feats.shape:
