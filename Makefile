@@ -43,11 +43,11 @@ define run_tests
 	if [ $$rc1 -ne 0 ] || [ $$rc2 -ne 0 ]; then exit 1; fi
 endef
 test: install
-	@echo "make test: the fast lane: unit tests (not the slow rehearsals), then the 9 notebooks offline; about $(TEST_MINUTES) min on 2 cores"
+	@echo "make test: the fast lane: unit tests (not the slow rehearsals), then the 10 notebooks offline; about $(TEST_MINUTES) min on 2 cores"
 	$(call run_tests,not slow)
 
 test-all: install
-	@echo "make test-all: the full lane: every unit test (slow rehearsals too), then the 9 notebooks offline"
+	@echo "make test-all: the full lane: every unit test (slow rehearsals too), then the 10 notebooks offline"
 	$(call run_tests,slow or not slow)
 
 clean:

@@ -194,3 +194,16 @@ def test_bench_tips_gpu_columns_from_a_measured_roofline():
     assert fp32["ours_peak_fraction"] is None  # the nominal peak is a bf16 figure
     met = fp32["ours_matmul_fraction"] >= bench.ROOFLINE_TARGET
     assert (": met;" if met else ": NOT met;") in bench.roofline_verdict([fp32])
+
+
+def test_bench_mutual_smoke(tmp_path):
+    out = tmp_path / "mutual.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_mutual.py"), "--batches", "2", "3", "--size", "28",
+           "--repeats", "1", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TIPSOMALY_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "peak MiB" in done.stdout and "meaningless" in done.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert [r["batch"] for r in rows] == [2, 3] and [r["pairs"] for r in rows] == [1, 3]
+    assert all(r["seconds"] > 0 and r["table_mib"] > 0 for r in rows)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 COURSE = ["00_setup", "01_loading_tips", "02_spatial_alignment", "03_fixed_prompts",
           "04_learnable_pixel_prompts", "05_local_to_global_fusion", "06_benchmark", "07_your_own_images",
-          "08_backbones"]
+          "08_backbones", "09_few_normal_images"]
 VIZ_NAMES = re.compile(r"\b(show_images|plot_\w+|overlay_anomaly_map)\(")
 
 

@@ -18,7 +18,8 @@ from tipsomaly_lite.data.datasets import is_image_file
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.offline import MEANINGLESS_TAG
 
-__all__ = ["MAX_IMAGES", "PredictResult", "image_files", "overlay_names", "predict_images"]
+__all__ = ["MAX_IMAGES", "PredictResult", "image_files", "overlay_names", "predict_images", "reference_files",
+           "reference_memory"]
 
 #: Most images one call scores: a bound on the walk of a folder someone else made.
 MAX_IMAGES = 100_000
@@ -77,6 +78,53 @@ def image_files(specs: list[str]) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"--images {' '.join(specs)}: no images found (png, jpg, bmp, tif)")
     return files
+
+
+def reference_files(specs: list[str], images: list[Path]) -> list[Path]:
+    """The ``--references`` image files, checked before anything is loaded.
+
+    Args:
+        specs: the ``--references`` files and folders.
+        images: the ``--images`` files (a reference must not be one of them).
+    Raises:
+        FileNotFoundError: a spec is not an image or a folder of images.
+        ValueError: more than ``MAX_SHOTS`` references, or a reference that is also an image to score.
+    """
+    from tipsomaly_lite.io.flags import MAX_SHOTS
+
+    try:
+        files = image_files(specs)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(str(err).replace("--images", "--references")) from None
+    if len(files) > MAX_SHOTS:
+        raise ValueError(f"--references: {len(files)} images, more than the budget of {MAX_SHOTS} per class")
+    scored = {p.resolve() for p in images}
+    for f in files:
+        if f.resolve() in scored:
+            raise ValueError(f"--references {f} is also in --images; a reference must be a known-good image, "
+                             "not one being scored")
+    return files
+
+
+def reference_memory(model: Any, files: list[Path], class_name: str) -> Any:
+    """Known-good images of the object as a few-shot memory (docs/method.md §2.8), read like the images.
+
+    Args:
+        model: the detector's backbone; the references are read at its ``image_size``.
+        files: from :func:`reference_files`.
+        class_name: the object's word, the memory's key.
+    Returns:
+        A :class:`~tipsomaly_lite.method.few_shot.ReferenceMemory` of ``len(files)`` shots.
+    Raises:
+        ValueError: a reference cannot be read (names it): a reference is never skipped.
+    """
+    from tipsomaly_lite.io.images import check_batch_memory, to_float_rgb
+    from tipsomaly_lite.method.few_shot import ReferenceMemory
+
+    check_batch_memory(files, flag="--references")  # from the headers, before anything is decoded
+    originals = [to_float_rgb(f) for f in files]
+    return ReferenceMemory.from_images(model, {class_name: model.preprocess(originals, model.image_size)},
+                                       sources={class_name: [str(f) for f in files]})
 
 
 def overlay_names(files: list[Path], specs: list[str]) -> dict[Path, Path]:

@@ -34,6 +34,51 @@ def _protocol(args: argparse.Namespace, key: str, record: dict[str, Any]) -> tup
     return args, record
 
 
+def few_shot_args(p: argparse.ArgumentParser, runs: bool = False) -> None:
+    """``--shots``, ``--shot-seed`` (and ``--shot-runs`` for benchmark) and ``--mutual-scoring``."""
+    p.add_argument("--shots", type=flags.shots, default=0,
+                   help=f"K normal reference images per class from the train split (default 0: zero-shot; "
+                        f"at most {flags.MAX_SHOTS})")
+    p.add_argument("--shot-seed", type=flags.seed, default=0, help="seed of the draw of the references (default: 0)")
+    if runs:
+        p.add_argument("--shot-runs", type=flags.shot_runs, default=3,
+                       help="with --shots: draws (seeds shot-seed, shot-seed+1, ...) reported as mean ± std "
+                            "(default: 3)")
+    p.add_argument("--mutual-scoring", action="store_true",
+                   help="batch zero-shot: score each class's test images against each other (no references)")
+
+
+def _drawn(args: argparse.Namespace, root: Path, classes: list[str] | None, seed: int) -> dict[str, list[str]]:
+    """The references of every evaluated class, drawn before the model loads (cheap checks first)."""
+    from tipsomaly_lite.data.datasets import read_meta
+    from tipsomaly_lite.method.few_shot import draw_references
+
+    if args.shots and args.mutual_scoring:
+        raise ValueError("--shots and --mutual-scoring are two settings (references from the train split, or "
+                         "the test batch itself); use one at a time")
+    if not args.shots:
+        return {}
+    test = read_meta(root)["test"]
+    unknown = sorted(set(classes or []) - set(test))
+    if unknown:
+        raise ValueError(f"--classes {unknown} are not in the test split of {root}; available: {sorted(test)}")
+    return draw_references(root, classes or sorted(test), args.shots, seed)
+
+
+def _use_references(detector, root: Path, drawn: dict[str, list[str]], key: str, batch_size: int) -> None:
+    from tipsomaly_lite.method.few_shot import ReferenceMemory
+
+    detector.references = ReferenceMemory.from_dataset(detector.model, root, drawn, key=key,
+                                                       batch_size=batch_size) if drawn else None
+    if drawn:
+        print(f"few-shot: {detector.references!r} from the train split of {root}")
+
+
+def _few_shot_config(args: argparse.Namespace, drawn: dict[str, list[str]], seed: int | None) -> dict:
+    return {"shots": args.shots, "shot_seed": seed if args.shots else None, "reference_images": drawn,
+            "mutual_scoring": bool(args.mutual_scoring)}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from tipsomaly_lite.data.datasets import find_prepared
     from tipsomaly_lite.data.registry import canonical_key
@@ -46,16 +91,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     prompts, source = load_prompts(args.prompts, args.released)
     record = run_record(args.prompts)
     args, record = _protocol(args, args.dataset, record)
+    drawn = _drawn(args, root, args.classes, args.shot_seed)
     out = Path(args.out or Path("runs") / "eval" / args.dataset)
     inputs = {"the dataset": root, "--prompts": args.prompts, **cache_input()}
     distributed.main_only(claim_folder, out, command="evaluate", inputs=inputs)  # before the long part
     model = load_model(args)
     dataset = open_dataset(args, root, model)
     detector = make_detector(args, model, prompts, source, record, args.prompts)
+    _use_references(detector, root, drawn, args.dataset, args.batch_size)
     train = run_settings(record)  # the prompts' training seed and settings, when they are our run's
+    extra = {"seed": train.get("seed"), "prompts_training": train} if train else {"seed": None}
     result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
-                      num_workers=args.workers, progress=not args.quiet,
-                      extra_config={"seed": train.get("seed"), "prompts_training": train} if train else {"seed": None})
+                      num_workers=args.workers, progress=not args.quiet, mutual_scoring=args.mutual_scoring,
+                      extra_config={**extra, **_few_shot_config(args, drawn, args.shot_seed)})
     print(result.to_markdown(paper=args.paper))  # shown even if writing fails after all (a full disk)
     if distributed.is_main():
         paths = result.save(out, paper=args.paper)
@@ -69,6 +117,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from tipsomaly_lite.data.datasets import AnomalyDataset
     from tipsomaly_lite.data.registry import SUITES, canonical_key
     from tipsomaly_lite.eval.evaluation import benchmark_table, evaluate, prompts_trained_on
+    from tipsomaly_lite.eval.seeds import seeds_table
     from tipsomaly_lite.io.atomic import atomic_file
     from tipsomaly_lite.io.guard import claim_folder, finish_folder
     from tipsomaly_lite.method.prompt_files import load_prompts, run_record
@@ -83,27 +132,34 @@ def _benchmark(args: argparse.Namespace) -> int:
                                 "them with `tipsomaly prepare KEY --source RAW --data-root DATA`")
     runs = {"mvtec": args.mvtec_prompts, "visa": args.visa_prompts}
     plan = {}  # every prompt file is fetched before the long part
+    seeds = [args.shot_seed + r for r in range(args.shot_runs)] if args.shots else [None]
     for key in keys:
         source = prompts_trained_on(key)
         run = None if args.training_free else runs[source]
         prompts, where = (None, "none") if args.training_free else load_prompts(run, None if run else source)
         where = f"{run} (trained on {source})" if run else where
-        plan[key] = (prompts, where, *_protocol(args, key, run_record(run)), run)
+        draws = {seed: _drawn(args, root / key, None, seed or 0) for seed in seeds}  # before the long part
+        plan[key] = (prompts, where, *_protocol(args, key, run_record(run)), run, draws)
     out = Path(args.out)
     inputs = {"the datasets": [root / k for k in keys], "--mvtec-prompts": args.mvtec_prompts,
               "--visa-prompts": args.visa_prompts, **cache_input()}
     distributed.main_only(claim_folder, out, command="benchmark", inputs=inputs)
     model = load_model(args)
-    results = {}
-    for key, (prompts, source, key_args, record, run) in plan.items():
+    results, by_seed = {}, {}
+    for key, (prompts, source, key_args, record, run, draws) in plan.items():
         dataset = AnomalyDataset(root / key, image_size=model.image_size, key=key)
         print(f"\n== {key}: {dataset}\n   prompts: {source}")
         detector = make_detector(key_args, model, prompts, source, record, run)
-        results[key] = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
-                                num_workers=args.workers, progress=not args.quiet)
-        if distributed.is_main():  # under torchrun rank 0 alone writes
-            results[key].save(out / key, paper=True)
-    table = benchmark_table(results)
+        for seed, drawn in draws.items():
+            _use_references(detector, root / key, drawn, key, args.batch_size)
+            result = evaluate(detector, dataset, batch_size=args.batch_size, aupro_mode=args.aupro_mode,
+                              num_workers=args.workers, progress=not args.quiet, mutual_scoring=args.mutual_scoring,
+                              extra_config=_few_shot_config(args, drawn, seed))
+            by_seed.setdefault(key, []).append(result)
+            if distributed.is_main():  # under torchrun rank 0 alone writes
+                result.save(out / key / f"shot-seed-{seed}" if args.shots else out / key, paper=True)
+        results[key] = by_seed[key][0]
+    table = seeds_table(by_seed, args.shots, seeds) if args.shots else benchmark_table(results)
     if distributed.is_main():
         with atomic_file(out / "benchmark.md", "w", encoding="utf-8") as f:
             f.write(table)
@@ -124,6 +180,7 @@ def add(sub: Any) -> None:
     ev.add_argument("--paper", action="store_true", help="print the paper's numbers beside ours")
     ev.add_argument("--out", default=None, help="output folder (default: runs/eval/<dataset>)")
     ev.add_argument("--workers", type=flags.workers, default=0, help="DataLoader workers (default: 0)")
+    few_shot_args(ev)
     ev.set_defaults(func=command("evaluate", _evaluate))
 
 
@@ -146,5 +203,6 @@ def add(sub: Any) -> None:
                        help="compat (default here: the paper's recipe) or standard")
     bench.add_argument("--workers", type=flags.workers, default=0, help="DataLoader workers (default: 0)")
     bench.add_argument("--out", default="runs/benchmark", help="output folder (default: runs/benchmark)")
+    few_shot_args(bench, runs=True)
     bench.set_defaults(func=command("benchmark", _benchmark))
 

@@ -5,6 +5,7 @@
 - :mod:`.curves`: pure functions that read AUROC, AP, F1-max and AUPRO (with error bounds) off its arrays.
 - :mod:`.protocol`: which learned prompts evaluate which dataset, and the paper's numbers.
 - :mod:`.evaluation`: run a detector over a dataset, per-class and mean metrics, result files.
+- :mod:`.seeds`: few-shot results over several draws of the references, mean ± std.
 """
 
 from tipsomaly_lite._api import face
@@ -16,5 +17,6 @@ _PUBLIC = {
     "tipsomaly_lite.eval.protocol": ("METRICS", "METRIC_LABELS", "PAPER_RESULTS", "prompts_trained_on",
                                      "fixed_prompt_set"),
     "tipsomaly_lite.eval.evaluation": ("EvaluationResult", "evaluate", "benchmark_table", "paper_table"),
+    "tipsomaly_lite.eval.seeds": ("seed_statistics", "seeds_table"),
 }
 __getattr__, __dir__, __all__ = face(__name__, _PUBLIC)

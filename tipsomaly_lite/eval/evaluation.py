@@ -40,6 +40,7 @@ from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
 from tipsomaly_lite.eval.metrics import AUPRO_MODES, PIXEL_METRICS, MetricWarning, PixelAccumulator, image_metrics
 from tipsomaly_lite.data.registry import MEDICAL_KEYS
+from tipsomaly_lite.method.mutual import mutual_predictions
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS, PAPER_RESULTS, SCORE_KINDS, prompts_trained_on
 from tipsomaly_lite.eval.report import backbone_line, meaningless_line, paper_applies, paper_note
 from tipsomaly_lite.offline import warn_caller
@@ -346,7 +347,7 @@ def _reduce_pixels(pixels: dict[str, PixelAccumulator]) -> dict[str, PixelAccumu
 
 def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mode: str = "standard",
              num_workers: int = 0, progress: bool = True, dataset_name: str | None = None,
-             extra_config: dict[str, Any] | None = None) -> EvaluationResult:
+             extra_config: dict[str, Any] | None = None, mutual_scoring: bool = False) -> EvaluationResult:
     """Score every image of a dataset and compute the six metrics (and pixel AP) per class (x100).
 
     Args:
@@ -359,13 +360,15 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
         progress: a progress bar.
         dataset_name: the name in the table (default: the dataset's key).
         extra_config: recorded in the config as well (e.g. the prompts' training run and seed).
+        mutual_scoring: score each class's test images against each other (docs/method.md §2.9,
+            :func:`~tipsomaly_lite.method.mutual.mutual_predictions`); one process only.
     Returns:
         :class:`EvaluationResult`; its ``config`` records variant, size, prompts, protocol, AUPRO
         mode, seed, versions and ``world_size``. Under ``torchrun`` each process scores its share of
         the batches and every process returns the whole dataset's result (the caller lets rank 0 save it).
     Raises:
         ValueError: unknown ``aupro_mode``; under torchrun, processes with other data, batch size,
-            weights or settings.
+            weights or settings; mutual scoring under torchrun or with a class of one test image.
     Taught in notebooks/06_benchmark.ipynb.
     """
     if aupro_mode not in AUPRO_MODES:
@@ -373,6 +376,9 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
     name = dataset_name or getattr(dataset, "key", None) or "dataset"
     rank, world_size = distributed.world()
     if world_size > 1:
+        if mutual_scoring:
+            raise ValueError("mutual scoring needs every test image of a class in one process; run it "
+                             "without torchrun")
         _check_same_everywhere(detector, dataset, batch_size)
     mine = distributed.shard(len(dataset), batch_size)  # everything in one process
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
@@ -382,8 +388,10 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
     pixel_level = bool(getattr(dataset, "pixel_level", True))  # False: no masks (HeadCT...), pixel metrics missing
     bar = tqdm(loader, desc=f"evaluating {name}" + (f" ({world_size} processes)" if world_size > 1 else ""),
                unit="batch", disable=not progress or rank != 0)
-    for batch in bar:
-        pred = detector.predict(batch["image"], batch["class_word"])
+    predictions = ((batch, detector.predict(batch["image"], batch["class_word"])) for batch in bar)
+    if mutual_scoring:  # each class scored once all its images are in (method/mutual.py)
+        predictions = mutual_predictions(detector, bar)
+    for batch, pred in predictions:
         maps, masks = pred.anomaly_map.cpu(), batch["mask"][:, 0] > 0.5
         for i, cls in enumerate(batch["class_name"]):
             if pixel_level:
@@ -426,5 +434,6 @@ def evaluate(detector: Detector, dataset: Any, *, batch_size: int = 8, aupro_mod
               "world_size": world_size,  # processes that shared the images (torchrun); the results do not depend on it
               **({"undefined_metrics": reasons} if reasons else {}),  # class -> why its missing metrics are missing
               "tipsomaly_lite": __version__, "torch": torch.__version__,
-              "python": platform.python_version(), **detector.config(), **(extra_config or {})}
+              "python": platform.python_version(), **detector.config(), "mutual_scoring": bool(mutual_scoring),
+              **(extra_config or {})}
     return EvaluationResult(name, per_class, _mean(per_class, _COLUMNS, name), config, scores)

@@ -38,3 +38,9 @@ seed = number(int, 0, 2**32 - 1, "a seed between 0 and 2**32-1")
 #: Smoothing in pixels of the maps: 0 (none) up to a quarter of the largest input anyone uses.
 sigma = number(float, 0.0, 256.0, "a smoothing width in px between 0 and 256")
 learning_rate = number(float, 0.0, 10.0, "a positive finite learning rate up to 10", low_open=True)
+#: Most normal reference images per class (few-shot, docs/method.md §2.8): a bound on the memory of their
+#: patch tokens (64 x 1369 patches x 1024 floats is 342 MiB for L/14 at 518 px) and on the search over it.
+MAX_SHOTS = 64
+shots = number(int, 0, MAX_SHOTS, f"a number of normal reference images per class between 0 and {MAX_SHOTS}")
+#: Seeds a few-shot benchmark averages over (mean ± std).
+shot_runs = number(int, 1, 20, "a number of reference draws (seeds) between 1 and 20")

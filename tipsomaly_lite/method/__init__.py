@@ -12,6 +12,8 @@
 - :mod:`.fusion`: local-to-global fusion of the image score (Eq. 8).
 - :mod:`.maps`: anomaly maps (upsampling and Gaussian smoothing) and patch-text similarity maps.
 - :mod:`.detector`: the whole method in one object.
+- :mod:`.few_shot`: K normal reference images per class, their patch memory and nearest-neighbour scores.
+- :mod:`.mutual`: batch zero-shot, each test image scored against the other test images of its class.
 """
 
 from tipsomaly_lite._api import face
@@ -30,5 +32,8 @@ _PUBLIC = {
     "tipsomaly_lite.method.fusion": ("fuse_scores", "local_score"),
     "tipsomaly_lite.method.maps": ("anomaly_map", "gaussian_blur", "upsample_map", "similarity_maps"),
     "tipsomaly_lite.method.detector": ("MODES", "DEFAULT_SIGMA", "Detector", "Prediction"),
+    "tipsomaly_lite.method.few_shot": ("ReferenceMemory", "draw_references", "nearest_distances", "pair_min_distances",
+                                       "fuse_patch_scores", "NN_WEIGHT"),
+    "tipsomaly_lite.method.mutual": ("mutual_scores", "interval_average", "predict_mutual", "mutual_predictions"),
 }
 __getattr__, __dir__, __all__ = face(__name__, _PUBLIC)

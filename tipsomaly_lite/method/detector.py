@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from tipsomaly_lite.method.few_shot import NN_WEIGHT, ReferenceMemory, fuse_patch_scores
 from tipsomaly_lite.method.fusion import fuse_scores, local_score
 from tipsomaly_lite.method.maps import anomaly_map
 from tipsomaly_lite.method.prompt_learner import PromptLearner
@@ -94,6 +95,8 @@ class Detector:
         self.prompts_source = "none" if prompts is None or mode == "training_free" else prompts_source or "given"
         self.learned_features: Tensor | None = None  # (2, D)
         self.n_prompt_tokens = 0
+        #: Few-shot: K normal images per class (docs/method.md §2.8); None = zero-shot, the method unchanged.
+        self.references: ReferenceMemory | None = None
         if prompts is not None and mode != "training_free":
             if not isinstance(prompts, PromptLearner):
                 normal, anomalous = prompts
@@ -113,13 +116,17 @@ class Detector:
 
     @torch.no_grad()
     def predict_features(self, features: dict[str, Tensor], class_words: str | Sequence[str],
-                         image_size: int | tuple[int, int] | None = None) -> Prediction:
+                         image_size: int | tuple[int, int] | None = None, *,
+                         nearest_scores: Tensor | None = None) -> Prediction:
         """Scores from already-computed vision features (e.g. from a :class:`FeatureCache`).
 
         Args:
             features: ``patch_tokens (B, N, D)`` and a ``(B, D)`` entry per global token of the backbone.
             class_words: one prompt word per image (or one for all).
             image_size: side of the anomaly maps; None skips the maps (scores only).
+            nearest_scores: ``(B, N)`` nearest-neighbour scores in [0, 1] to fuse with the patch
+                probabilities (Eq. 14; mutual scoring passes them); default: from :attr:`references`
+                when set, else none (zero-shot).
         """
         patches = features["patch_tokens"]
         b, n, _ = patches.shape
@@ -131,13 +138,19 @@ class Detector:
         by_token = {t: global_score(features[t], image_text, rule) for t in self.model.global_tokens}
         g = by_token[self.token]
         probs = patch_probabilities(patches, pixel_text, rule)  # (B, N, 2)
-        patch_scores = probs[..., 1]
+        # The map shows the rule's evidence: p_anomalous, or (1 - p_normal + p_anomalous) / 2 for sigmoids.
+        patch_scores, evidence = probs[..., 1], patch_evidence(probs, rule)
+        if nearest_scores is None and self.references is not None:
+            nearest_scores = self.references.scores(patches, words, self.model)
+        if nearest_scores is not None:  # few-shot or mutual (docs/method.md §2.8-2.9): maps and local score
+            weight = self.references.weight if self.references is not None else NN_WEIGHT
+            patch_scores = fuse_patch_scores(patch_scores, nearest_scores, weight)
+            evidence = fuse_patch_scores(evidence, nearest_scores, weight)
         fused = fuse_scores(g, patch_scores, self.global_weight, self.local_weight)
         amap = None
         if image_size is not None:
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-            # The map shows the rule's evidence: p_anomalous, or (1 - p_normal + p_anomalous) / 2 for sigmoids.
-            amap = anomaly_map(patch_evidence(probs, rule), self.model.patch_grid(size), size, sigma=self.sigma)
+            amap = anomaly_map(evidence, self.model.patch_grid(size), size, sigma=self.sigma)
         return Prediction(fused, g, local_score(patch_scores), patch_scores, amap, by_token)
 
     @torch.no_grad()
@@ -161,7 +174,8 @@ class Detector:
                 "n_prompt_tokens": self.n_prompt_tokens, "sigma": self.sigma, "map_filter":
                 "torch separable Gaussian, equal to scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)",
                 "global_weight": self.global_weight, "local_weight": self.local_weight,
-                "temperature": self.model.temperature, "scoring_rule": self.model.scoring_rule.describe()}
+                "temperature": self.model.temperature, "scoring_rule": self.model.scoring_rule.describe(),
+                **({"few_shot": self.references.config()} if self.references is not None else {})}
 
     def __repr__(self) -> str:
         return (f"Detector(mode={self.mode!r}, token={self.token!r}, prompt_set={self.prompt_set.name!r}, "

@@ -28,3 +28,4 @@ from tipsomaly_lite.course.checks.nb05 import *  # noqa: E402,F401,F403
 from tipsomaly_lite.course.checks.nb06 import *  # noqa: E402,F401,F403
 from tipsomaly_lite.course.checks.nb07 import *  # noqa: E402,F401,F403
 from tipsomaly_lite.course.checks.nb08 import *  # noqa: E402,F401,F403
+from tipsomaly_lite.course.checks.nb09 import *  # noqa: E402,F401,F403
