@@ -38,3 +38,5 @@ seed = number(int, 0, 2**32 - 1, "a seed between 0 and 2**32-1")
 #: Smoothing in pixels of the maps: 0 (none) up to a quarter of the largest input anyone uses.
 sigma = number(float, 0.0, 256.0, "a smoothing width in px between 0 and 256")
 learning_rate = number(float, 0.0, 10.0, "a positive finite learning rate up to 10", low_open=True)
+#: Seconds one graded notebook may run (a course notebook takes 10-30 s offline on 2 cores).
+grade_timeout = number(float, 0.0, 3600.0, "a number of seconds above 0, up to 3600", low_open=True)
