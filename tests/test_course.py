@@ -298,7 +298,7 @@ def test_student_copies_of_the_course_have_stubs_only(tmp_path, lenient, capsys)
     assert [p.name for p in written] == sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in written:
         nb = json.loads(path.read_text(encoding="utf-8"))
-        code = "\n".join(c["source"] for c in nb["cells"] if c["cell_type"] == "code")
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
         assert "# BEGIN SOLUTION" not in code and "# END SOLUTION" not in code
         assert code.count("...  # YOUR CODE HERE") >= 1, path.name
         assert all(c.get("outputs", []) == [] for c in nb["cells"] if c["cell_type"] == "code")
