@@ -652,3 +652,63 @@ def test_the_cell_limit_grows_with_a_shared_cpu_only(monkeypatch):
     assert limits.cell_limit_s() == limits.CELL_LIMIT_S == 20.0
     monkeypatch.delenv("TIPSOMALY_OFFLINE")
     assert limits.cell_limit_s() is None
+
+
+_PROBE_MACHINE = ("import os, sys, tempfile\nfrom pathlib import Path\nfrom tipsomaly_lite.io.download import cache_dir\n"
+                  "print('cwd', os.getcwd()); print('home', Path.home()); print('cache', cache_dir() / 'toy')\n"
+                  "print('tmp', Path(tempfile.gettempdir()) / 'tipsomaly_x1y2' / 'map.png'); print('venv', sys.prefix)")
+_PROBE_CHECKS = ("import os\nos.environ.pop('TIPSOMALY_STRICT_CHECKS', None); os.environ.pop('CI', None)\n"
+                 "from tipsomaly_lite.course import checks\n"
+                 "checks.check_close('right', 0.5, 0.5)\nchecks.check_close('wrong', 0.4, 0.5)\n"
+                 "print('💡 a hint line')")
+
+
+def test_html_reads_the_same_on_any_machine(tmp_path, monkeypatch):
+    """No path of the building machine, no emoji that needs an emoji font, no remote badge: in the page and,
+    when Chromium is here (it has no emoji font), on the screen: the ✅/❌ marks are drawn green and red."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+    from PIL import Image
+
+    from tipsomaly_lite.course.session import colab_badge_url
+    from tipsomaly_lite.io.download import cache_dir
+
+    m = _script("run_course")
+    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_badge_url('00_setup')})"
+    nb = new_notebook(cells=[new_markdown_cell(badge), new_markdown_cell("# 97 · Marks\n\nSelf-checks print ✅ or ❌."),
+                             new_code_cell(_PROBE_MACHINE), new_code_cell(_PROBE_CHECKS)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "97_marks.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    m.run_notebook(path, tmp_path, cwd=ROOT / "notebooks")
+    page = (tmp_path / "97_marks.html").read_text(encoding="utf-8")
+    visible = _visible_text(page)
+    assert "cwd notebooks" in visible and "home ~" in visible and "cache ~/.cache/tipsomaly_lite/toy" in visible
+    assert "tmp &lt;tmp&gt;/map.png" in visible and "venv .venv" in visible
+    for machine in {str(ROOT), str(Path.home()), str(cache_dir()), tempfile.gettempdir() + "/", sys.prefix}:
+        assert machine not in visible, f"{machine} is shown in the page"
+    for emoji in m.MARKS:
+        assert emoji not in page, f"{emoji!r} needs an emoji font"
+    assert page.count('aria-label="passed"') >= 2 and page.count('aria-label="failed"') >= 2  # markdown + output
+    assert 'aria-label="hint"' in page
+    assert not re.search(r'<img[^>]+src="https?://', page) and m.BADGE_URI in page
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return  # the page itself is checked above; the screen needs a browser
+    shot = tmp_path / "marks.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=900,900", (tmp_path / "97_marks.html").as_uri()],
+                   capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+    def near(colour: tuple[int, int, int]) -> int:
+        return int((np.abs(rgb - np.array(colour)).sum(-1) < 40).sum())
+
+    assert near((0x2E, 0x7D, 0x32)) > 50 and near((0xC6, 0x28, 0x28)) > 50, "the ✅/❌ marks are not drawn"
