@@ -46,12 +46,13 @@ def _is_notebook_cell(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every notebook as a clean copy: outputs a session saved in the file (JupyterLab's Save) are
-    never the reference a cell is compared with, so a notebook saved mid-session runs like a committed one."""
+    """Run every notebook as a clean copy: outputs a session saved in the file (JupyterLab's Save) are never
+    a reference (nbval fails a cell with outputs but no execution count: "Unrun reference cell has outputs"),
+    so a notebook saved mid-session runs like a committed one."""
     for item in items:
         cell = getattr(item, "cell", None) if _is_notebook_cell(item) else None
-        if cell is not None and "outputs" in cell:
-            cell["outputs"] = []
+        if cell is not None:
+            cell["outputs"], cell["execution_count"] = [], None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -712,3 +712,29 @@ def test_html_reads_the_same_on_any_machine(tmp_path, monkeypatch):
         return int((np.abs(rgb - np.array(colour)).sum(-1) < 40).sum())
 
     assert near((0x2E, 0x7D, 0x32)) > 50 and near((0xC6, 0x28, 0x28)) > 50, "the ✅/❌ marks are not drawn"
+
+
+def test_nbval_runs_a_notebook_saved_with_outputs_as_a_clean_copy(tmp_path):
+    """notebooks/conftest.py clears what a session saved: nbval alone fails a cell whose outputs outlived its count."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    nb = new_notebook(cells=[new_code_cell("x = 1\nprint(x)", outputs=[new_output("stream", name="stdout", text="9\n")]),
+                             new_code_cell("x", execution_count=4,
+                                           outputs=[new_output("execute_result", data={"text/plain": "2"},
+                                                               execution_count=4)])])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "saved.ipynb")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+           "--rootdir", str(tmp_path), str(tmp_path / "saved.ipynb")]
+    env = {**os.environ, "TIPSOMALY_OFFLINE": "1"}
+    bare = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert bare.returncode == 1 and "Unrun reference cell has outputs" in bare.stdout  # without the clean copy
+    shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path / "conftest.py")
+    clean = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert clean.returncode == 0 and "2 passed" in clean.stdout, clean.stdout[-2000:]
