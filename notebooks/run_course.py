@@ -127,6 +127,8 @@ BADGE_URI = "data:image/svg+xml;base64," + base64.b64encode(_BADGE_SVG.encode("u
 _REMOTE_IMG = re.compile(r'<img\b[^>]*\ssrc="(https?://[^"]*)"[^>]*>', re.I)
 _TAG_OR_RAW = re.compile(r"(<(?:script|style)\b.*?</(?:script|style)>|<[^>]*>)", re.S | re.I)
 _TMP_PATH = re.compile(r"(?<![\w/.])/(?:tmp|var/tmp|private/var/folders)/[^\s\"'<>&:;,)]*")
+#: Where a warning raised in a notebook cell says it came from: ipykernel's temporary file for that cell.
+_CELL_FILE = re.compile(r"(?<![\w.])/[^\s\"'<>&:;,)]*/ipykernel_\d+/\d+\.py")
 
 
 def build_paths() -> list[tuple[str, str]]:
@@ -159,6 +161,7 @@ def _scrub(text: str, paths: list[tuple[str, str]]) -> str:
     for path, shown in paths:
         if path in text:
             text = text.replace(path + "/", shown + "/" if shown else "").replace(path, shown or ".")
+    text = _CELL_FILE.sub("&lt;cell&gt;", text)
     return _TMP_PATH.sub(lambda m: "&lt;tmp&gt;/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 

@@ -656,7 +656,8 @@ def test_the_cell_limit_grows_with_a_shared_cpu_only(monkeypatch):
 
 _PROBE_MACHINE = ("import os, sys, tempfile\nfrom pathlib import Path\nfrom tipsomaly_lite.io.download import cache_dir\n"
                   "print('cwd', os.getcwd()); print('home', Path.home()); print('cache', cache_dir() / 'toy')\n"
-                  "print('tmp', Path(tempfile.gettempdir()) / 'tipsomaly_x1y2' / 'map.png'); print('venv', sys.prefix)")
+                  "print('tmp', Path(tempfile.gettempdir()) / 'tipsomaly_x1y2' / 'map.png'); print('venv', sys.prefix)\n"
+                  "import warnings; warnings.warn('from a cell')")
 _PROBE_CHECKS = ("import os\nos.environ.pop('TIPSOMALY_STRICT_CHECKS', None); os.environ.pop('CI', None)\n"
                  "from tipsomaly_lite.course import checks\n"
                  "checks.check_close('right', 0.5, 0.5)\nchecks.check_close('wrong', 0.4, 0.5)\n"
@@ -692,6 +693,7 @@ def test_html_reads_the_same_on_any_machine(tmp_path, monkeypatch):
     visible = _visible_text(page)
     assert "cwd notebooks" in visible and "home ~" in visible and "cache ~/.cache/tipsomaly_lite/toy" in visible
     assert "tmp &lt;tmp&gt;/map.png" in visible and "venv .venv" in visible
+    assert "&lt;cell&gt;:6: UserWarning" in visible  # a warning names its cell, not a temporary file
     for machine in {str(ROOT), str(Path.home()), str(cache_dir()), tempfile.gettempdir() + "/", sys.prefix}:
         assert machine not in visible, f"{machine} is shown in the page"
     for emoji in m.MARKS:

@@ -62,9 +62,17 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_a_class_is_graded_row_by_row_with_a_summary(tmp_path, capsys):
+def test_a_class_is_graded_row_by_row_with_a_summary(tmp_path, capsys, monkeypatch):
+    from tipsomaly_lite.course import checks
+
+    monkeypatch.delenv("TIPSOMALY_OFFLINE", raising=False)  # the grader sets it for each kernel
+    monkeypatch.setenv(checks.STRICT_ENV, "1")  # and turns strictness off there: a ❌ must not stop the run
+    probe = tmp_path / "kernel.json"
+    where = (f"import json, os\nopen({str(probe)!r}, 'w').write(json.dumps([os.environ.get('TIPSOMALY_OFFLINE'), "
+             "os.environ.get('TIPSOMALY_STRICT_CHECKS'), os.getcwd()]))")
     solved = _notebook(tmp_path / "class" / "ada" / "07_your_own_images.ipynb",
-                       ("md", "[badge]"), ("md", _HEAD), ("code", _SETUP), ("code", _THRESHOLD), ("code", _F1_WRONG),
+                       ("md", "[badge]"), ("md", _HEAD), ("code", where), ("code", _SETUP), ("code", _THRESHOLD),
+                       ("code", _F1_WRONG),
                        ("code", "raise RuntimeError('a student error does not stop the grading')"), ("code", _MAP))
     stubbed = _student_copy(solved, tmp_path / "class" / "bo" / "07_your_own_images.ipynb")
     foreign = _notebook(tmp_path / "class" / "cy" / "homework.ipynb", ("md", "# My own notes"), ("code", "x = 1"))
@@ -86,6 +94,9 @@ def test_a_class_is_graded_row_by_row_with_a_summary(tmp_path, capsys):
     assert summary["bo"]["passed"] == "0" and summary["cy"]["exercises"] == "0"
     assert "not a security sandbox" in capsys.readouterr().out
     assert json.loads(solved.read_text())["cells"][3]["outputs"] == []  # the submission is never modified
+    offline, strict, cwd = json.loads(probe.read_text())
+    assert offline == "1" and strict == "0" and Path(cwd).name == "work" and Path(cwd) != solved.parent
+    assert not Path(cwd).exists()  # the scratch folder is removed
 
 
 def test_a_notebook_that_runs_out_of_time_is_one_row(tmp_path):
