@@ -10,8 +10,9 @@ with their defaults, ``TIPSOMALY_WIDGETS=static``) and a control that cannot wor
 replaced by a line saying so. They read the same on any machine: the ✅/❌ marks (and the other
 emoji the course prints) are drawn as inline SVG with a text label, since a machine without an emoji
 font shows empty boxes; the Colab badge is a local image; and no path of the machine that built them
-(the repository, the home, the cache, the temporary folders, the venv) appears in any output. ``index.html`` is the learning path: per notebook its title, what
-you will be able to do, what it builds on, its exercises and an estimated student time.
+(the repository, the home, the cache, the temporary folders, the venv) appears in any output.
+``index.html`` is the learning path: per notebook its title, what you will be able to do, what it
+builds on, its exercises and an estimated student time.
 
     python3 notebooks/run_course.py                       # -> build/course/index.html
     python3 notebooks/run_course.py --out DIR --only 03 04

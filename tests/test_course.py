@@ -654,9 +654,11 @@ def test_the_cell_limit_grows_with_a_shared_cpu_only(monkeypatch):
     assert limits.cell_limit_s() is None
 
 
-_PROBE_MACHINE = ("import os, sys, tempfile\nfrom pathlib import Path\nfrom tipsomaly_lite.io.download import cache_dir\n"
+_PROBE_MACHINE = ("import os, sys, tempfile\nfrom pathlib import Path\n"
+                  "from tipsomaly_lite.io.download import cache_dir\n"
                   "print('cwd', os.getcwd()); print('home', Path.home()); print('cache', cache_dir() / 'toy')\n"
-                  "print('tmp', Path(tempfile.gettempdir()) / 'tipsomaly_x1y2' / 'map.png'); print('venv', sys.prefix)\n"
+                  "print('tmp', Path(tempfile.gettempdir()) / 'tipsomaly_x1y2' / 'map.png'); "
+                  "print('venv', sys.prefix)\n"
                   "import warnings; warnings.warn('from a cell')")
 _PROBE_CHECKS = ("import os\nos.environ.pop('TIPSOMALY_STRICT_CHECKS', None); os.environ.pop('CI', None)\n"
                  "from tipsomaly_lite.course import checks\n"
@@ -681,8 +683,10 @@ def test_html_reads_the_same_on_any_machine(tmp_path, monkeypatch):
     from tipsomaly_lite.io.download import cache_dir
 
     m = _script("run_course")
-    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_badge_url('00_setup')})"
-    nb = new_notebook(cells=[new_markdown_cell(badge), new_markdown_cell("# 97 · Marks\n\nSelf-checks print ✅ or ❌."),
+    image = "https://colab.research.google.com/assets/colab-badge.svg"
+    badge = f"[![Open In Colab]({image})]({colab_badge_url('00_setup')})"
+    nb = new_notebook(cells=[new_markdown_cell(badge),
+                             new_markdown_cell("# 97 · Marks\n\nSelf-checks print ✅ or ❌."),
                              new_code_cell(_PROBE_MACHINE), new_code_cell(_PROBE_CHECKS)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "97_marks.ipynb"
@@ -726,7 +730,8 @@ def test_nbval_runs_a_notebook_saved_with_outputs_as_a_clean_copy(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    nb = new_notebook(cells=[new_code_cell("x = 1\nprint(x)", outputs=[new_output("stream", name="stdout", text="9\n")]),
+    stale = new_output("stream", name="stdout", text="9\n")
+    nb = new_notebook(cells=[new_code_cell("x = 1\nprint(x)", outputs=[stale]),
                              new_code_cell("x", execution_count=4,
                                            outputs=[new_output("execute_result", data={"text/plain": "2"},
                                                                execution_count=4)])])

@@ -214,7 +214,8 @@ def test_a_saved_notebook_with_outputs_does_not_fail_the_suite(tmp_path):
     (repo / "notebooks" / clean.name).write_text(json.dumps(saved), encoding="utf-8")
     assert json.loads(_committed_text(repo / "notebooks" / clean.name, repo))["cells"][first_code]["outputs"] == []
     subprocess.run([*git, "add", "-A"], check=True)  # staged: about to be committed, so it counts
-    assert json.loads(_committed_text(repo / "notebooks" / clean.name, repo))["cells"][first_code]["execution_count"] == 7
+    staged = json.loads(_committed_text(repo / "notebooks" / clean.name, repo))
+    assert staged["cells"][first_code]["execution_count"] == 7
 
 
 def test_make_lab_opens_the_student_copies_and_says_when_it_runs_as_root():
