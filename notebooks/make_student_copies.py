@@ -36,6 +36,8 @@ except ImportError:
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB = "...  # YOUR CODE HERE"
+#: The folder, under notebooks/, of the committed copies (session.STUDENT_FOLDER).
+STUDENT_FOLDER = "student"
 #: The line added under the badge of every student copy.
 STUDENT_NOTE = ("*Student copy: the exercises are yours to write (`...  # YOUR CODE HERE`); a ❌ says what is "
                 "wrong, `checks.hint(\"name\")` gives a hint, `checks.solution(\"name\")` a worked solution. "
@@ -72,8 +74,6 @@ def student_copy(notebook: dict, name: str = "notebook") -> tuple[dict, int]:
 
     Returns ``(copy, n_stubs)``.
     """
-    from tipsomaly_lite.course.session import colab_badge_url
-
     copy = json.loads(json.dumps(notebook))
     copy.get("metadata", {}).pop("widgets", None)  # a saved session's widget state is not the course
     stubs = 0
@@ -81,9 +81,11 @@ def student_copy(notebook: dict, name: str = "notebook") -> tuple[dict, int]:
     for i, cell in enumerate(copy["cells"]):
         if i == 0 and cell["cell_type"] == "markdown":
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            teacher = colab_badge_url(stem)
+            # The teacher's badge opens notebooks/NN.ipynb; the copy's opens notebooks/student/NN.ipynb
+            # (session.colab_badge_url(name, student=True); a test keeps the two in step).
+            teacher = f"/blob/main/notebooks/{stem}.ipynb"
             if teacher in source:
-                source = source.replace(teacher, colab_badge_url(stem, student=True))
+                source = source.replace(teacher, f"/blob/main/notebooks/{STUDENT_FOLDER}/{stem}.ipynb")
                 cell["source"] = source.rstrip("\n") + "\n\n" + STUDENT_NOTE.format(name=name)
             continue
         if cell["cell_type"] != "code":
@@ -133,7 +135,7 @@ def write_student_copies(out_dir: str | os.PathLike, notebooks_dir: str | os.Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(HERE / "student"),
+    parser.add_argument("--out", default=str(HERE / STUDENT_FOLDER),
                         help="output folder (default: notebooks/student, the copies Colab opens)")
     parser.add_argument("--keep-existing", action="store_true",
                         help="write only the copies that are missing (make lab: never overwrite a student's work)")
