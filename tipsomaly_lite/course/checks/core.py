@@ -149,7 +149,8 @@ def hint(name: str | Callable) -> None:
     Taught in notebooks/00_setup.ipynb.
     """
     ex = _lookup(name)
-    more = f'\n   (still stuck? checks.solution("{ex.key}") shows the package\'s version)' if ex.reference else ""
+    has_solution = ex.worked is not None or ex.reference is not None
+    more = f'\n   (still stuck? checks.solution("{ex.key}") shows a worked solution)' if has_solution else ""
     print(f"💡 {ex.key}: {ex.hint}{more}")
 
 
