@@ -54,14 +54,22 @@ clean:
 	rm -rf build .pytest_cache
 
 .PHONY: lab student
-# Open the course in JupyterLab (the `course` extra), with live widgets.
+# Open the course as a learner does, in JupyterLab (the `course` extra) with live widgets: the student
+# copies (exercises as stubs) in lab/, written when missing and never overwritten (they hold your work).
+# As root (Docker, many cloud notebooks) JupyterLab needs --allow-root: given, and said.
+LAB_DIR ?= lab
+LAB_USER_ID ?= $(shell id -u)
+LAB_ROOT_FLAG = $(if $(filter 0,$(LAB_USER_ID)),--allow-root,)
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) notebooks/make_student_copies.py --out $(LAB_DIR) --keep-existing
+	@$(if $(LAB_ROOT_FLAG),echo "make lab: running as root (as in Docker and many cloud notebooks): JupyterLab starts with --allow-root",:)
+	$(VENV)/bin/jupyter lab $(LAB_ROOT_FLAG) $(LAB_DIR)/
 
-# The teacher's hand-out: student notebooks (solutions replaced by stubs) in build/student/, and
-# their HTML, executed offline, without solutions, in build/student/html/ (index.html: the learning path).
+# The teacher's hand-out: the student notebooks (solutions replaced by stubs) refreshed in notebooks/student/
+# (committed: the student Colab badges open them), and their HTML, executed offline, without solutions, in
+# build/student/html/ (index.html: the learning path).
 student: install
-	$(PY) notebooks/make_student_copies.py --out build/student
+	$(PY) notebooks/make_student_copies.py --out notebooks/student
 	$(PY) notebooks/run_course.py --student --out build/student/html
 
 # Opt-in, not part of `make test`: every Python that pyproject.toml declares and this machine has

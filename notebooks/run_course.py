@@ -7,8 +7,12 @@ figure, so a teacher can read the course without Jupyter. The committed notebook
 The pages are self-contained: equations are drawn to SVG here (matplotlib's mathtext), not by a
 MathJax fetched from the internet; interactive cells show their static preview (widgets draw once
 with their defaults, ``TIPSOMALY_WIDGETS=static``) and a control that cannot work in a page is
-replaced by a line saying so. ``index.html`` is the learning path: per notebook its title, what
-you will be able to do, what it builds on, its exercises and an estimated student time.
+replaced by a line saying so. They read the same on any machine: the ✅/❌ marks (and the other
+emoji the course prints) are drawn as inline SVG with a text label, since a machine without an emoji
+font shows empty boxes; the Colab badge is a local image; and no path of the machine that built them
+(the repository, the home, the cache, the temporary folders, the venv) appears in any output.
+``index.html`` is the learning path: per notebook its title, what you will be able to do, what it
+builds on, its exercises and an estimated student time.
 
     python3 notebooks/run_course.py                       # -> build/course/index.html
     python3 notebooks/run_course.py --out DIR --only 03 04
@@ -90,6 +94,96 @@ def render_math(markdown: str) -> str:
     for i in range(0, len(parts), 2):  # even parts are outside code
         text = _DISPLAY.sub(lambda m: _math_html(m.group(1), True), parts[i])
         parts[i] = _INLINE.sub(lambda m: _math_html(m.group(1), False), text)
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------- marks without an emoji font, no build paths
+
+def _icon(label: str, fill: str, body: str) -> str:
+    """A 1em inline SVG mark with ``label`` as its accessible name and tooltip (readable without any font)."""
+    return (f'<svg class="mark" role="img" aria-label="{label}" viewBox="0 0 16 16" width="1.05em" height="1.05em" '
+            f'style="vertical-align:-0.15em"><title>{label}</title><rect x="0.5" y="0.5" width="15" height="15" '
+            f'rx="3" fill="{fill}"/>{body}</svg>')
+
+
+#: Emoji the course prints, as marks that need no emoji font (most machines without one show empty boxes).
+MARKS = {
+    "✅": _icon("passed", "#2e7d32", '<path d="M3.5 8.5l3 3 6-7" fill="none" stroke="#fff" stroke-width="2.2" '
+                                    'stroke-linecap="round" stroke-linejoin="round"/>'),
+    "❌": _icon("failed", "#c62828", '<path d="M4.5 4.5l7 7M11.5 4.5l-7 7" stroke="#fff" stroke-width="2.2" '
+                                    'stroke-linecap="round"/>'),
+    "💡": _icon("hint", "#f9a825", '<circle cx="8" cy="6.5" r="3.2" fill="#fff"/><rect x="6.4" y="10.2" width="3.2" '
+                                  'height="2.6" rx="0.6" fill="#fff"/>'),
+    "✋": _icon("stop", "#ef6c00", '<rect x="6.9" y="3" width="2.2" height="6.5" rx="1" fill="#fff"/>'
+                                  '<circle cx="8" cy="12" r="1.3" fill="#fff"/>'),
+}
+#: The Colab badge, drawn here: the page must not fetch an image from the internet.
+_BADGE_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20" role="img" aria-label="Open in Colab">'
+              '<rect width="117" height="20" rx="3" fill="#555"/><rect x="28" width="89" height="20" rx="3" '
+              'fill="#f9ab00"/><rect x="28" width="6" height="20" fill="#f9ab00"/><circle cx="10" cy="10" r="5" '
+              'fill="none" stroke="#f9ab00" stroke-width="3"/><circle cx="19" cy="10" r="5" fill="none" '
+              'stroke="#e8710a" stroke-width="3"/><text x="72" y="14" fill="#222" font-family="DejaVu Sans,Verdana,'
+              'sans-serif" font-size="11" text-anchor="middle">Open in Colab</text></svg>')
+BADGE_URI = "data:image/svg+xml;base64," + base64.b64encode(_BADGE_SVG.encode("utf-8")).decode("ascii")
+_REMOTE_IMG = re.compile(r'<img\b[^>]*\ssrc="(https?://[^"]*)"[^>]*>', re.I)
+_TAG_OR_RAW = re.compile(r"(<(?:script|style)\b.*?</(?:script|style)>|<[^>]*>)", re.S | re.I)
+_TMP_PATH = re.compile(r"(?<![\w/.])/(?:tmp|var/tmp|private/var/folders)/[^\s\"'<>&:;,)]*")
+#: Where a warning raised in a notebook cell says it came from: ipykernel's temporary file for that cell.
+_CELL_FILE = re.compile(r"(?<![\w.])/[^\s\"'<>&:;,)]*/ipykernel_\d+/\d+\.py")
+
+
+def build_paths() -> list[tuple[str, str]]:
+    """``(path, shown as)`` for every folder of this machine an output may name, the most specific first."""
+    import sysconfig
+
+    from tipsomaly_lite.io.download import cache_dir
+
+    home = Path.home()
+    found = [(HERE.parent, ""), (cache_dir(), "~/.cache/tipsomaly_lite"), (Path(sys.prefix), ".venv"),
+             (Path(sysconfig.get_paths().get("purelib", sys.prefix)), ".venv/site-packages"),
+             (Path(sys.base_prefix), "python"), (home, "~")]
+    try:
+        import tipsomaly_lite
+
+        found.append((Path(tipsomaly_lite.__file__).resolve().parents[1], ""))
+    except (ImportError, IndexError):
+        pass
+    out = []
+    for path, shown in found:
+        for variant in {str(path), str(path.resolve())}:
+            if len(variant) > 1:
+                out.append((variant, shown))
+    return sorted(set(out), key=lambda item: -len(item[0]))
+
+
+def _scrub(text: str, paths: list[tuple[str, str]]) -> str:
+    """``text`` with each machine folder replaced by what a reader would have, and temporary paths by
+    ``<tmp>/<name>`` (the text is HTML: the replacement is escaped)."""
+    for path, shown in paths:
+        if path in text:
+            text = text.replace(path + "/", shown + "/" if shown else "").replace(path, shown or ".")
+    text = _CELL_FILE.sub("&lt;cell&gt;", text)
+    return _TMP_PATH.sub(lambda m: "&lt;tmp&gt;/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+def polish_page(page: str, paths: list[tuple[str, str]] | None = None) -> str:
+    """A page that reads the same anywhere: emoji marks as inline SVG, the Colab badge local, other remote
+    images as their alt text, and no path of this machine in the text (tags, scripts and styles untouched)."""
+    paths = build_paths() if paths is None else paths
+
+    def remote(m: re.Match) -> str:
+        if "colab-badge" in m.group(1):
+            return m.group(0).replace(m.group(1), BADGE_URI)
+        alt = re.search(r'\salt="([^"]*)"', m.group(0))
+        return f'<span class="remote-image">[image: {alt.group(1) if alt else "not shown offline"}]</span>'
+
+    page = _REMOTE_IMG.sub(remote, page)
+    parts = _TAG_OR_RAW.split(page)
+    for i in range(0, len(parts), 2):  # even parts are text between tags
+        text = _scrub(parts[i], paths)
+        for char, mark in MARKS.items():
+            text = text.replace(char, mark)
+        parts[i] = text
     return "".join(parts)
 
 
@@ -219,7 +313,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 600, *, allow_errors:
     make_self_contained(nb)
     body, _ = HTMLExporter().from_notebook_node(nb)
     body = _REMOTE_SCRIPT.sub("", body)  # MathJax and require.js from a CDN: not needed, and offline they hang
-    _write_atomic(out_dir / f"{path.stem}.html", body)
+    _write_atomic(out_dir / f"{path.stem}.html", polish_page(body))
     return seconds
 
 
@@ -266,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         if staging is not None:
             staging.cleanup()
     mode = "real mode" if args.real else "OFFLINE mode: tiny random TIPS and toy data, every number is MEANINGLESS"
-    _write_atomic(out / "index.html", index_html(rows, mode, args.student))
+    _write_atomic(out / "index.html", polish_page(index_html(rows, mode, args.student)))
     print(f"\n{len(rows)} notebooks in {total:.0f} s; open {out / 'index.html'}")
     return 0
 

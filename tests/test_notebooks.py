@@ -30,6 +30,21 @@ def _load(name: str) -> dict:
     return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
 
 
+def _committed_text(path: Path, root: Path = ROOT) -> str:
+    """What git holds for ``path`` (the index: committed, or staged to be), so that a notebook a teacher saved
+    from JupyterLab with outputs does not fail the suite; the working file where git does not know it."""
+    import subprocess
+
+    rel = path.relative_to(root).as_posix()
+    try:
+        shown = subprocess.run(["git", "-C", str(root), "show", f":{rel}"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        shown = None
+    if shown is not None and shown.returncode == 0:
+        return shown.stdout.decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
 def _src(cell: dict) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
@@ -51,7 +66,8 @@ def notebook(request) -> tuple[str, dict]:
 
 
 def test_committed_without_outputs(notebook):
-    name, nb = notebook
+    name, _ = notebook
+    nb = json.loads(_committed_text(NOTEBOOKS / f"{name}.ipynb"))
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [], f"{name}.ipynb cell {i} keeps outputs: clear them before committing"
@@ -124,10 +140,123 @@ def test_code_cells_parse(notebook):
 
 
 def test_readme_table_lists_every_notebook():
-    table = (NOTEBOOKS / "README.md").read_text(encoding="utf-8") + (ROOT / "README.md").read_text(encoding="utf-8")
+    """The README (what a learner reads) badges the student copies; notebooks/README (a teacher's) the solutions."""
+    from tipsomaly_lite.course.session import colab_badge_url
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    notes = (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
     for name in COURSE:
-        assert f"({name}.ipynb)" in table or f"notebooks/{name}.ipynb" in table, f"README lists {name}"
-        assert f"github/{REPOSITORY}/blob/main/notebooks/{name}.ipynb" in table, f"README has {name}'s Colab badge"
+        assert f"({name}.ipynb)" in notes + readme or f"notebooks/{name}.ipynb" in readme, f"README lists {name}"
+        assert colab_badge_url(name, student=True) in readme, f"README has {name}'s student Colab badge"
+        assert colab_badge_url(name) not in readme, f"README's badge for {name} opens the solutions"
+        assert colab_badge_url(name) in notes, f"notebooks/README has {name}'s teacher (solutions) Colab badge"
+
+
+# ---------------------------------------------------------------- the student copies: generated, committed, no answers
+
+def _student_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_student_copies", NOTEBOOKS / "make_student_copies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_student_copies_are_what_the_script_writes(notebook):
+    """notebooks/student/ (which the student badges open) is generated: never edited, never stale."""
+    from tipsomaly_lite.course.session import colab_badge_url
+
+    name, _ = notebook
+    path = NOTEBOOKS / "student" / f"{name}.ipynb"
+    fix = "run `python3 notebooks/make_student_copies.py` (or `make student`) and commit notebooks/student/"
+    assert path.is_file(), f"notebooks/student/{name}.ipynb is missing: {fix}"
+    expected, stubs = _student_script().student_copy_text(NOTEBOOKS / f"{name}.ipynb")
+    assert path.read_text(encoding="utf-8") == expected, f"notebooks/student/{name}.ipynb is stale: {fix}"
+    copy = json.loads(expected)
+    code = "\n".join(_src(c) for c in copy["cells"] if c["cell_type"] == "code")
+    assert stubs >= 1 and code.count("...  # YOUR CODE HERE") == stubs and "BEGIN SOLUTION" not in code
+    assert colab_badge_url(name, student=True) in _src(copy["cells"][0])
+    assert colab_badge_url(name) not in json.dumps(copy), f"{name}'s student copy links the solutions"
+
+
+def test_no_student_copy_holds_a_solution_line(notebook):
+    """Every line between the markers in the teacher's notebook is gone from the student copy (unless the
+    notebook also shows it outside an exercise, where it is taught)."""
+    name, nb = notebook
+    copy = json.loads((NOTEBOOKS / "student" / f"{name}.ipynb").read_text(encoding="utf-8"))
+    student_code = "\n".join(_src(c) for c in copy["cells"] if c["cell_type"] == "code")
+    teacher_code = "\n".join(_src(c) for c in nb["cells"] if c["cell_type"] == "code")
+    taught = re.sub(r"# BEGIN SOLUTION\n.*?# END SOLUTION", "", teacher_code, flags=re.S)
+    for block in re.findall(r"# BEGIN SOLUTION\n(.*?)# END SOLUTION", teacher_code, re.S):
+        for line in block.splitlines():
+            if len(line.strip()) > 12 and line.strip() not in taught:  # short lines (`return x`) may appear elsewhere
+                assert line.strip() not in student_code, f"{name}: {line.strip()!r} in the copy"
+
+
+def test_a_saved_notebook_with_outputs_does_not_fail_the_suite(tmp_path):
+    """What is checked is what git holds: outputs saved in the working file (JupyterLab's Save) are not."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    clean = NOTEBOOKS / "00_setup.ipynb"
+    shutil.copy(clean, repo / "notebooks" / clean.name)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "clean"], check=True)
+    saved = json.loads(clean.read_text(encoding="utf-8"))
+    first_code = next(i for i, c in enumerate(saved["cells"]) if c["cell_type"] == "code")
+    saved["cells"][first_code]["execution_count"] = 7
+    saved["cells"][first_code]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["x\n"]}]
+    (repo / "notebooks" / clean.name).write_text(json.dumps(saved), encoding="utf-8")
+    assert json.loads(_committed_text(repo / "notebooks" / clean.name, repo))["cells"][first_code]["outputs"] == []
+    subprocess.run([*git, "add", "-A"], check=True)  # staged: about to be committed, so it counts
+    staged = json.loads(_committed_text(repo / "notebooks" / clean.name, repo))
+    assert staged["cells"][first_code]["execution_count"] == 7
+
+
+def test_make_lab_opens_the_student_copies_and_says_when_it_runs_as_root():
+    import subprocess
+
+    def dry_run(uid: str) -> str:
+        return subprocess.run(["make", "-n", "-C", str(ROOT), "lab", "VENV=/nonexistent/venv", f"LAB_USER_ID={uid}"],
+                              capture_output=True, text=True, timeout=60).stdout
+
+    root = dry_run("0")
+    lines = root.splitlines()
+    copies = next(i for i, ln in enumerate(lines) if "make_student_copies.py --out lab --keep-existing" in ln)
+    lab = next(i for i, ln in enumerate(lines) if "jupyter lab" in ln)
+    assert copies < lab and "--allow-root" in lines[lab] and lines[lab].rstrip().endswith("lab/")
+    assert "running as root" in root and "--allow-root" in root
+    user = dry_run("1000")
+    assert "--allow-root" not in user and "running as root" not in user and "jupyter lab" in user
+
+
+def test_make_lab_keeps_a_students_work(tmp_path, capsys):
+    m = _student_script()
+    first = m.write_student_copies(tmp_path)
+    first[0].write_text("my work", encoding="utf-8")
+    again = m.write_student_copies(tmp_path, keep_existing=True)
+    assert again == first and first[0].read_text(encoding="utf-8") == "my work"
+    assert "kept your copy" in capsys.readouterr().out
+    m.write_student_copies(tmp_path)  # without --keep-existing (make student): regenerated
+    assert first[0].read_text(encoding="utf-8") != "my work"
+
+
+def test_no_suggested_prepare_command_lacks_its_source():
+    """Every `tipsomaly prepare KEY ...` the course, the READMEs or the package suggests names --source."""
+    from tipsomaly_lite.data.registry import DATASET_KEYS
+
+    texts = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8") for p in
+             [ROOT / "README.md", NOTEBOOKS / "README.md", *NOTEBOOKS.glob("*.ipynb"),
+              *(ROOT / "tipsomaly_lite").rglob("*.py"), *(ROOT / "docs").rglob("*.md")]}
+    keys = "|".join([*DATASET_KEYS, "KEY", r"\{[\w.]+\}"])
+    for where, text in texts.items():
+        for command in re.findall(rf"tipsomaly prepare\s+(?:{keys})\b[^`\n\"]*", text):
+            assert "--source" in command, f"{where}: `{command.strip()}` lacks --source"
 
 
 def _package_docstrings(modules: dict[str, list[str]] | None = None) -> dict[str, str]:
@@ -183,6 +312,8 @@ def test_the_repository_is_named_in_one_place():
     assert urls["Repository"] == repository_url()
     assert pinned_install() == f"tipsomaly_lite @ git+https://github.com/{REPOSITORY}@v{tipsomaly_lite.__version__}"
     texts = {f"{n}.ipynb": (NOTEBOOKS / f"{n}.ipynb").read_text(encoding="utf-8") for n in COURSE}
+    texts.update({f"student/{n}.ipynb": (NOTEBOOKS / "student" / f"{n}.ipynb").read_text(encoding="utf-8")
+                  for n in COURSE})
     texts["README.md"] = (ROOT / "README.md").read_text(encoding="utf-8")
     texts["notebooks/README.md"] = (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
     for where, text in texts.items():

@@ -9,6 +9,7 @@
 - ``evaluate``: the six metrics per class on a dataset (Markdown, CSV, JSON + config).
 - ``benchmark``: the paper's table: every prepared dataset, prompts trained on the other dataset.
 - ``predict``: anomaly-map overlays and a CSV of scores for your own images.
+- ``grade``: run a class's notebooks offline and write what each exercise's self-check said (a CSV).
 
 All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
 the numbers are meaningless.
@@ -30,10 +31,10 @@ import argparse
 import sys
 
 from tipsomaly_lite import __version__
-from tipsomaly_lite.cli import data_commands, evaluate, predict, train
+from tipsomaly_lite.cli import data_commands, evaluate, grade, predict, train
 
 #: The command groups in the order ``tipsomaly --help`` lists them; a new group is one module and one entry.
-GROUPS = (data_commands, train, evaluate, predict)
+GROUPS = (data_commands, train, evaluate, predict, grade)
 
 
 class _Parser(argparse.ArgumentParser):

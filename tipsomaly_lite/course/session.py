@@ -56,9 +56,20 @@ def repository_url() -> str:
     return f"https://github.com/{REPOSITORY}"
 
 
-def colab_badge_url(notebook: str) -> str:
-    """The Colab address of a course notebook, e.g. ``colab_badge_url("00_setup")``."""
-    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}.ipynb"
+#: The folder under notebooks/ holding the generated student copies (stubs for the solutions).
+STUDENT_FOLDER = "student"
+
+
+def colab_badge_url(notebook: str, student: bool = False) -> str:
+    """The Colab address of a course notebook, e.g. ``colab_badge_url("00_setup")``.
+
+    Args:
+        notebook: the name without ``.ipynb``.
+        student: the student copy (``notebooks/student/``, exercises as stubs) instead of the
+            teacher's notebook with the solutions.
+    """
+    folder = f"notebooks/{STUDENT_FOLDER}" if student else "notebooks"
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/{folder}/{notebook}.ipynb"
 
 
 def pinned_install() -> str:

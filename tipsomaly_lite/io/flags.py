@@ -44,3 +44,5 @@ MAX_SHOTS = 64
 shots = number(int, 0, MAX_SHOTS, f"a number of normal reference images per class between 0 and {MAX_SHOTS}")
 #: Seeds a few-shot benchmark averages over (mean ± std).
 shot_runs = number(int, 1, 20, "a number of reference draws (seeds) between 1 and 20")
+#: Seconds one graded notebook may run (a course notebook takes 10-30 s offline on 2 cores).
+grade_timeout = number(float, 0.0, 3600.0, "a number of seconds above 0, up to 3600", low_open=True)

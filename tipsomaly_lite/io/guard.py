@@ -23,7 +23,7 @@ from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.io.jsonfile import JSONFileError, read_json
 
 __all__ = ["MARKER", "OutputError", "check_apart", "check_folder_path", "claim_folder", "finish_folder",
-           "check_replaceable", "write_marker", "read_marker", "folder_files"]
+           "check_replaceable", "write_marker", "read_marker", "folder_files", "check_file_output"]
 
 #: The marker file in every folder this package writes.
 MARKER = ".tipsomaly-output.json"
@@ -188,3 +188,31 @@ def check_replaceable(folder: str | os.PathLike, flag: str = "--out") -> None:
     if foreign:
         raise OutputError(f"{flag} {folder} holds files this package did not write ({_names(foreign)}); "
                           "--overwrite would delete them: move them away first")
+
+
+def check_file_output(path: str | os.PathLike, *, header: str, inputs: Mapping[str, object] | None = None,
+                      flag: str = "--out") -> Path:
+    """Refuse an output *file* that would replace what this package did not write, before any work.
+
+    The rules of the folders, for one file (a CSV written with :func:`~tipsomaly_lite.io.atomic.atomic_file`):
+    apart from the inputs, not a folder or a link, and when it exists already, its first line is
+    ``header`` (a file this package wrote, which may be replaced); anything else is left alone.
+
+    Raises:
+        OutputError: naming the file and what is in the way.
+    """
+    path = Path(path)
+    check_apart(path, inputs or {}, flag)
+    check_folder_path(path.parent, flag)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputError(f"{flag} {path} exists and is not a regular file; choose a new file name")
+    if path.exists():
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                first = fh.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise OutputError(f"{flag} {path}: cannot be read to check who wrote it ({exc.strerror or exc})") from exc
+        if first != header:
+            raise OutputError(f"{flag} {path} already exists and was not written by this command (its first line is "
+                              "not the expected header); it is left alone: move it away or choose another name")
+    return path

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from tipsomaly_lite.course.checks.core import as_number, check_function, exercise, report
+from tipsomaly_lite.course.checks.core import as_number, check_function, exercise, precision_of, report
 
 __all__: list[str] = ["patch_similarity_map", "delta_for_probability"]
 
@@ -15,8 +15,17 @@ __all__: list[str] = ["patch_similarity_map", "delta_for_probability"]
 _CHECK_SIZE = (84, 126)
 
 
+def _solve_patch_similarity_map(patch_tokens: torch.Tensor, text_features: torch.Tensor,
+                                grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, D) raw patch tokens, (T, D) raw text features, (gh, gw) -> (B, T, gh, gw) cosines."""
+    z = patch_tokens / patch_tokens.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+    t = text_features / text_features.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+    gh, gw = grid
+    return (z @ t.T).transpose(1, 2).reshape(z.shape[0], t.shape[0], gh, gw)
+
+
 @exercise("normalise both the patch tokens and the text features; patch i sits at row i // gw, column i % gw",
-          reference="tipsomaly_lite.method.maps.similarity_maps")
+          reference="tipsomaly_lite.method.maps.similarity_maps", solution=_solve_patch_similarity_map)
 @torch.no_grad()
 def patch_similarity_map(fn: Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], Any], model: Any) -> bool:
     """Exercise 1 of notebook 02: cosine maps from raw patch tokens and raw text features.
@@ -43,7 +52,13 @@ def patch_similarity_map(fn: Callable[[torch.Tensor, torch.Tensor, tuple[int, in
                           atol=1e-4)
 
 
-@exercise("p = sigmoid(Δ / T): invert the sigmoid (the logit), then undo the division by T")
+def _solve_delta_for_probability(p: float, temperature: float) -> float:
+    """The cosine difference that gives P(anomalous) = p at this temperature: the logit of p, times T."""
+    return temperature * math.log(p / (1 - p))
+
+
+@exercise("p = sigmoid(Δ / T): invert the sigmoid (the logit), then undo the division by T",
+          solution=_solve_delta_for_probability)
 def delta_for_probability(fn: Callable[[float, float], Any]) -> bool:
     """Exercise 2 of notebook 02: the cosine difference that gives ``P(anomalous) = p``.
 
@@ -74,7 +89,9 @@ def delta_for_probability(fn: Callable[[float, float], Any]) -> bool:
         z = torch.tensor([[[1.0, 0.0]]])                                                # (1, 1, 2)
         text = torch.tensor([[0.0, 1.0], [delta, math.sqrt(1 - delta ** 2)]])           # cos 0 and cos delta
         got = float(two_way_probabilities(z, text, temperature)[0, 0, 1])
-        if not math.isclose(got, p, abs_tol=1e-4):
+        # what rounding Δ to the answer's dtype moves p by (dp/dΔ = p(1-p)/T): bfloat16 moves it visibly
+        tol = max(1e-4, 4 * p * (1 - p) * abs(delta) * precision_of(answer) / temperature)
+        if not math.isclose(got, p, abs_tol=tol):
             return report(name, False, f"P(anomalous) = {p} at T = {temperature}",
                           f"Δ = {delta:.5g} gives P(anomalous) = {got:.4f}")
     return report(name, True)

@@ -23,9 +23,25 @@ def _masks(seed: int, batch: int, size: int) -> Tensor:
     return masks
 
 
+def _solve_batch_loss(patch_tokens: Tensor, text_features: Tensor, masks: Tensor, temperature: float,
+                      grid: tuple[int, int]) -> Tensor:
+    """patch_tokens (B, N, D), text_features (2, D), masks (B, 1, S, S), grid (gh, gw) -> scalar loss."""
+    import torch.nn.functional as F
+
+    from tipsomaly_lite.method.losses import segmentation_loss
+    from tipsomaly_lite.method.scoring import patch_probabilities
+
+    b = patch_tokens.shape[0]
+    probs = patch_probabilities(patch_tokens, text_features, temperature)  # (B, N, 2)
+    probs = probs.transpose(1, 2).reshape(b, 2, *grid)                     # channels first, then the grid
+    probs = F.interpolate(probs, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    return segmentation_loss(probs, masks)
+
+
 @exercise("patch_probabilities gives (B, N, 2): the two probability channels must come before the grid axes "
           "when you lay them out as (B, 2, gh, gw); upsample bilinearly (align_corners off) to the masks' size, "
-          "then segmentation_loss", reference="tipsomaly_lite.method.training.training_loss")
+          "then segmentation_loss", reference="tipsomaly_lite.method.training.training_loss",
+          solution=_solve_batch_loss)
 def batch_loss(fn: Callable[[Tensor, Tensor, Tensor, float, tuple[int, int]], Tensor]) -> bool:
     """Exercise: the prompt-training loss of one batch, from frozen patch tokens and text features.
 

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from tipsomaly_lite.course.checks.core import as_number, check_function, exercise, random_inputs, report
+from tipsomaly_lite.course.checks.core import (as_number, check_function, exercise, precision_of, random_inputs,
+                                               report)
 
 __all__: list[str] = ["fused_score", "per_class_auroc"]
 
@@ -54,9 +55,24 @@ def _demo_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def _solve_per_class_auroc(rows: list[dict[str, Any]], kind: str) -> float:
+    """The image AUROC of score ``kind``: per class on its own images, then the mean over classes, x100."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    values = []
+    for cls in sorted({r["class_name"] for r in rows}):
+        mine = [r for r in rows if r["class_name"] == cls]
+        y = [r["label"] for r in mine]
+        if 0 < sum(y) < len(y):  # a class with one label has no AUROC: left out of the mean
+            values.append(roc_auc_score(y, [r[kind] for r in mine]))
+    return 100 * float(np.mean(values))
+
+
 @exercise("compute the AUROC of each class on its own images, then average over the classes (nan-aware), "
           "times 100; not one AUROC over all the images pooled",
-          reference="tipsomaly_lite.eval.evaluation.EvaluationResult.image_metrics_by_score")
+          reference="tipsomaly_lite.eval.evaluation.EvaluationResult.image_metrics_by_score",
+          solution=_solve_per_class_auroc)
 def per_class_auroc(fn: Callable[[list[dict[str, Any]], str], float], result: Any = None) -> bool:
     """Exercise: the ablation's image AUROC of one score kind, per class then averaged, x100.
 
@@ -88,8 +104,9 @@ def per_class_auroc(fn: Callable[[list[dict[str, Any]], str], float], result: An
             except Exception as err:  # noqa: BLE001 - show the student's error
                 return report("per-class image AUROC", False, want, f"an exception ({type(err).__name__}: {err})")
             value = as_number(got)  # any numeric type: Python, NumPy or torch, 0-d or one element
-            # float32 rounds a percentage by up to ~5e-6: a relative tolerance accepts it
-            if value is None or not math.isclose(value, want, rel_tol=1e-6, abs_tol=1e-6):
+            # float32 rounds a percentage by up to ~5e-6, bfloat16 by ~0.4 %: the answer's own dtype sets the tolerance
+            tol = max(1e-6, 8 * precision_of(got))
+            if value is None or not math.isclose(value, want, rel_tol=tol, abs_tol=1e-6):
                 unanswered = got is None or got is Ellipsis
                 why = "" if unanswered else ("not one number" if value is None else f"{where}, kind {kind!r}")
                 if value is not None and math.isclose(value * 100, want, rel_tol=1e-6, abs_tol=1e-6):

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tipsomaly_lite.course.checks.core import as_number, check_function, exercise, random_inputs, report
+from tipsomaly_lite.course.checks.core import (as_number, check_function, exercise, precision_of, random_inputs,
+                                               report)
 from tipsomaly_lite.eval.metrics import f1_max
 from tipsomaly_lite.method.maps import upsample_map
 
@@ -30,6 +31,30 @@ def _flagged_share(scores: np.ndarray, threshold: float) -> float:
     return float(np.mean(scores > threshold))
 
 
+def _thresholds_near(scores: np.ndarray, t: float, eps: float) -> list[float]:
+    """Thresholds as close to ``t`` as an answer of precision ``eps`` can be: ``t`` itself, the ends of
+    ``[t - d, t + d]`` (``d = 2 eps |t|``) and every score inside it, where a step of the flagged share lies.
+
+    A threshold returned as float32 (say ``np.float32`` or a float32 tensor) is a score rounded to
+    float32, which may sit just below that score and flag it: the check accepts what the answer's
+    dtype cannot tell apart from a right threshold.
+    """
+    d = 2 * eps * abs(t)
+    if d == 0:
+        return [t]
+    inside = scores[(scores >= t - d) & (scores <= t + d)]
+    return [t, t - d, t + d, *map(float, inside)]
+
+
+def _solve_normal_threshold(normal_scores: Any, max_false_alarm: float) -> float:
+    """The lowest t with mean(normal_scores > t) <= max_false_alarm."""
+    scores = torch.as_tensor(normal_scores, dtype=torch.float64)
+    for t in torch.unique(scores):  # ascending: the first that flags few enough is the lowest
+        if (scores > t).double().mean() <= max_false_alarm:
+            return float(t)
+    return float(scores.max())
+
+
 def _tightest_threshold(scores: np.ndarray, alpha: float) -> float:
     """The smallest normal score that flags at most ``alpha`` of the normal images."""
     for t in np.unique(scores):
@@ -39,7 +64,8 @@ def _tightest_threshold(scores: np.ndarray, alpha: float) -> float:
 
 
 @exercise("flag = score > threshold; too many flagged: the threshold is too low (the wrong tail?); too few: it "
-          "could be lower (a high quantile of the normal scores, or the next score up)")
+          "could be lower (a high quantile of the normal scores, or the next score up)",
+          solution=_solve_normal_threshold)
 def normal_threshold(fn: Callable[[Any, float], float]) -> bool:
     """Exercise: ``fn(normal_scores, max_false_alarm)`` -> the lowest threshold that keeps false alarms in bounds.
 
@@ -67,9 +93,10 @@ def normal_threshold(fn: Callable[[Any, float], float]) -> bool:
             return report(name, False, "a number", answer,
                           "" if answer is None or answer is Ellipsis else "not one number")
         got = _flagged_share(scores, t)
-        if got != expected:
+        near = [_flagged_share(scores, x) for x in _thresholds_near(scores, t, precision_of(answer))]
+        if expected not in near:
             return report(name, False, f"input {i} (max_false_alarm={alpha}): {expected:.3f} of normal images flagged",
-                          f"threshold {t:.4f} flags {got:.3f}",
+                          f"threshold {t:.6g} flags {got:.3f}",
                           "too many flagged" if got > expected else "too few flagged")
     return report(name, True)
 
@@ -93,7 +120,19 @@ def _f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-@exercise("try every score as the threshold and keep the one with the best F1 = 2TP / (2TP + FP + FN)")
+def _solve_f1_threshold(labels: Any, scores: Any) -> float:
+    """The threshold t whose F1 (flag = scores >= t) is the largest."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+
+    def f1(t: float) -> float:
+        flagged = scores >= t
+        tp = np.sum(flagged & (labels == 1))
+        return 2 * tp / (2 * tp + np.sum(flagged & (labels == 0)) + np.sum(~flagged & (labels == 1)))
+    return float(max(np.unique(scores), key=f1))
+
+
+@exercise("try every score as the threshold and keep the one with the best F1 = 2TP / (2TP + FP + FN)",
+          solution=_solve_f1_threshold)
 def f1_threshold(fn: Callable[[Any, Any], float]) -> bool:
     """Exercise: ``fn(labels, scores)`` -> the threshold whose F1 is the F1-max of the papers.
 
@@ -118,9 +157,10 @@ def f1_threshold(fn: Callable[[Any, Any], float]) -> bool:
         if t is None:
             return report(name, False, "a number", answer,
                           "" if answer is None or answer is Ellipsis else "not one number")
-        got = _f1_at(labels, scores, t)
+        got = max(_f1_at(labels, scores, x) for x in _thresholds_near(scores, t, precision_of(answer)))
         if abs(got - best) > 1e-9:
-            return report(name, False, f"input {i}: F1 {best:.4f} (the F1-max)", f"threshold {t:.4f} gives F1 {got:.4f}")
+            return report(name, False, f"input {i}: F1 {best:.4f} (the F1-max)",
+                          f"threshold {t:.6g} gives F1 {_f1_at(labels, scores, t):.4f}")
     return report(name, True)
 
 

@@ -19,7 +19,8 @@ def _clip_patch_tokens(hidden: Tensor, post_layernorm: nn.Module, visual_project
 
 
 @exercise("CLIP's sequence starts with its CLS token: drop it; then the same norm and projection as the global "
-          "token; then unit length", reference="tipsomaly_lite.backbones.hf.CLIPBackbone.encode_features")
+          "token; then unit length", reference="tipsomaly_lite.backbones.hf.CLIPBackbone.encode_features",
+          solution=_clip_patch_tokens)
 def clip_patch_tokens(fn: Callable[[Tensor, nn.Module, nn.Module], Tensor]) -> bool:
     """Exercise: plain CLIP's patch tokens from the vision tower's last hidden state.
 
@@ -48,7 +49,8 @@ def _clip_prompted_sequence(token_embeddings: Tensor, prompts: Tensor) -> Tensor
 
 
 @exercise("CLIP's text must still begin with its start token, which the tower was trained to see first",
-          reference="tipsomaly_lite.backbones.hf.CLIPBackbone.encode_prompted_text")
+          reference="tipsomaly_lite.backbones.hf.CLIPBackbone.encode_prompted_text",
+          solution=_clip_prompted_sequence)
 def clip_prompted_sequence(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     """Exercise: where learnable prompts go in CLIP's text: right after the start token.
 
