@@ -74,7 +74,7 @@ def _sigmoid_map_values(cosines: Tensor, logit_scale: float, logit_bias: float) 
 
 @exercise("each state gets its own sigmoid of cos * exp(logit_scale) + logit_bias (the scale is stored as a log); "
           "then average the evidence 1 - p_normal and p_anomalous",
-          reference="tipsomaly_lite.backbones.scoring_rule.ScoringRule.anomaly_evidence")
+          reference="tipsomaly_lite.backbones.scoring_rule.ScoringRule.anomaly_evidence", solution=_sigmoid_map_values)
 def sigmoid_map_values(fn: Callable[[Tensor, float, float], Tensor]) -> bool:
     """Exercise: SigLIP2's map value of every patch under the authors' sigmoid rule.
 
