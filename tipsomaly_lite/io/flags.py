@@ -38,3 +38,7 @@ seed = number(int, 0, 2**32 - 1, "a seed between 0 and 2**32-1")
 #: Smoothing in pixels of the maps: 0 (none) up to a quarter of the largest input anyone uses.
 sigma = number(float, 0.0, 256.0, "a smoothing width in px between 0 and 256")
 learning_rate = number(float, 0.0, 10.0, "a positive finite learning rate up to 10", low_open=True)
+#: A decision threshold on the fused image score, which lies in [0, 2] with the paper's weights.
+threshold = number(float, 0.0, 2.0, "a finite image-score threshold between 0 and 2")
+#: A TCP port for the demo app (0: any free one).
+port = number(int, 0, 65535, "a TCP port between 0 and 65535")
