@@ -108,7 +108,8 @@ class TIPS(BackboneBase):
         Taught in notebooks/01_loading_tips.ipynb.
         """
         images = images.to(self.device, self.vision.pos_embed.dtype)
-        if images.device.type == "cpu" and len(images) > CPU_IMAGES_PER_PASS:
+        # Not while exporting: a split by the batch size would fix the exported graph's batch (deploy/export.py).
+        if not torch.compiler.is_exporting() and images.device.type == "cpu" and len(images) > CPU_IMAGES_PER_PASS:
             seq = torch.cat([self.vision(chunk) for chunk in images.split(CPU_IMAGES_PER_PASS)])
         else:
             seq = self.vision(images)
