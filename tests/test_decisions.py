@@ -158,7 +158,7 @@ def test_missing_known_good_images_and_both_flags_are_one_line(toy, tmp_path, ca
 
 
 def test_maps_share_the_threshold_colour_scale_and_draw_its_contour():
-    from tipsomaly_lite.predict import draw_decision
+    from tipsomaly_lite.deploy.decide import draw_decision
 
     t = Threshold.from_values([1.0, 1.1], [0.5, 0.55], [0.2, 0.25])
     image = torch.rand(3, 40, 60, generator=torch.Generator().manual_seed(0))

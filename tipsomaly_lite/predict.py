@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tipsomaly_lite.data.datasets import is_image_file
-from tipsomaly_lite.deploy.decide import Threshold
+from tipsomaly_lite.deploy.decide import Threshold, draw_decision
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.offline import MEANINGLESS_TAG
 
-__all__ = ["MAX_IMAGES", "PredictResult", "image_files", "overlay_names", "predict_images", "draw_decision"]
+__all__ = ["MAX_IMAGES", "PredictResult", "image_files", "overlay_names", "predict_images"]
 
 #: Most images one call scores: a bound on the walk of a folder someone else made.
 MAX_IMAGES = 100_000
@@ -121,36 +121,6 @@ def overlay_names(files: list[Path], specs: list[str]) -> dict[Path, Path]:
         taken.add(str(name).lower())
         names[f] = name
     return names
-
-
-def draw_decision(original: Any, amap: Any, title: str, score_title: str, threshold: Threshold | None = None) -> Any:
-    """The photo beside its anomaly map on the folder's one colour scale, the pixel threshold as a contour.
-
-    Args:
-        original: ``image (3, H, W)`` in [0, 1].
-        amap: ``anomaly_map (H, W)`` at the photo's size.
-        title, score_title: the two panels' titles.
-        threshold: its colour scale and pixel threshold; None: the fixed [0, 1] scale, no contour.
-    Returns:
-        The matplotlib figure (the caller saves or shows and closes it).
-    Taught in notebooks/07_your_own_images.ipynb.
-    """
-    from matplotlib import pyplot as plt
-
-    from tipsomaly_lite.course.viz import overlay_anomaly_map
-
-    low, high = threshold.colour_scale if threshold is not None else (0.0, 1.0)
-    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
-    axes[0].imshow(original.permute(1, 2, 0).numpy())
-    axes[0].set_title(title)
-    axes[0].axis("off")
-    overlay_anomaly_map(original, amap, ax=axes[1], title=score_title, vmin=low, vmax=high, colorbar=True)
-    if threshold is not None and threshold.pixel_threshold is not None:
-        values = amap.detach().cpu().numpy()
-        if values.min() < threshold.pixel_threshold < values.max():  # a contour needs both sides present
-            axes[1].contour(values, levels=[threshold.pixel_threshold], colors="white", linewidths=1.2)
-    fig.tight_layout()
-    return fig
 
 
 def _draw(original: Any, amap: Any, title: str, score_title: str, target: Path,

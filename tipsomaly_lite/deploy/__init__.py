@@ -13,8 +13,8 @@ It stands on the predict floor: it uses the method and the course's figures, and
 from tipsomaly_lite._api import face
 
 _PUBLIC = {
-    "tipsomaly_lite.deploy.decide": ("Threshold", "threshold_from_normal_images", "THRESHOLD_RULE"),
+    "tipsomaly_lite.deploy.decide": ("Threshold", "threshold_from_normal_images", "THRESHOLD_RULE", "draw_decision"),
     "tipsomaly_lite.deploy.export": ("ExportedDetector", "export_onnx", "run_onnx"),
-    "tipsomaly_lite.deploy.app": ("build_app", "launch_app"),
+    "tipsomaly_lite.deploy.app": ("DemoSession", "build_app", "launch_app"),
 }
 __getattr__, __dir__, __all__ = face(__name__, _PUBLIC)

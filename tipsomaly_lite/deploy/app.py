@@ -85,13 +85,18 @@ class DemoSession:
         prompts: learned prompts from the command line (a run folder or file), offered as a choice.
         released: the authors' release named on the command line (``mvtec``/``visa``), the default choice.
         mode, sigma, prompt_set: as for :class:`~tipsomaly_lite.method.detector.Detector`.
+        model: an already loaded backbone to use for its family (a notebook's; nothing is loaded twice).
+    Taught in notebooks/07_your_own_images.ipynb.
     """
 
     def __init__(self, family: str = "tips", variant: str | None = None, image_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", prompts: str | None = None, released: str | None = None,
-                 mode: str | None = None, sigma: float | None = None, prompt_set: str | None = None) -> None:
+                 mode: str | None = None, sigma: float | None = None, prompt_set: str | None = None,
+                 model: Any = None) -> None:
         from tipsomaly_lite.method.detector import DEFAULT_SIGMA
 
+        if model is not None:
+            family, variant, image_size = model.family, model.variant, model.image_size
         self.family, self.variant, self.image_size = family, variant, image_size
         self.device, self.dtype, self.mode = device, dtype, mode
         self.sigma = DEFAULT_SIGMA if sigma is None else sigma
@@ -100,7 +105,7 @@ class DemoSession:
         self.default_prompts = (f"--prompts {prompts}" if prompts else f"released:{released}" if released
                                 else PROMPT_CHOICES[0])
         self._prompts_path = prompts
-        self._models: dict[str, Any] = {}
+        self._models: dict[str, Any] = {} if model is None else {family: model}
         self._detectors: dict[tuple[str, str], Any] = {}
 
     def model(self, family: str | None = None) -> Any:
@@ -158,7 +163,7 @@ class DemoSession:
         """
         from tipsomaly_lite.io.images import to_float_rgb
         from tipsomaly_lite.method.maps import upsample_map
-        from tipsomaly_lite.predict import draw_decision
+        from tipsomaly_lite.deploy.decide import draw_decision
 
         photos, normal = list(photos or []), list(normal or [])
         if not photos:

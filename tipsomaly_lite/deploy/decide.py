@@ -36,7 +36,7 @@ import torch
 from tipsomaly_lite.io.atomic import atomic_file
 
 __all__ = ["QUANTILE", "MARGIN", "THRESHOLD_RULE", "MAX_THRESHOLD", "Threshold", "check_threshold",
-           "threshold_from_normal_images", "score_stats"]
+           "threshold_from_normal_images", "score_stats", "draw_decision"]
 
 #: The quantile of the known-good values the thresholds start from.
 QUANTILE = 0.99
@@ -144,6 +144,36 @@ class Threshold:
             json.dump({**self.to_dict(), **extra}, f, indent=1)
             f.write("\n")
         return path
+
+
+def draw_decision(original: Any, amap: Any, title: str, score_title: str, threshold: Threshold | None = None) -> Any:
+    """The photo beside its anomaly map on the folder's one colour scale, the pixel threshold as a contour.
+
+    Args:
+        original: ``image (3, H, W)`` in [0, 1].
+        amap: ``anomaly_map (H, W)`` at the photo's size.
+        title, score_title: the two panels' titles.
+        threshold: its colour scale and pixel threshold; None: the fixed [0, 1] scale, no contour.
+    Returns:
+        The matplotlib figure (the caller saves or shows and closes it).
+    Taught in notebooks/07_your_own_images.ipynb.
+    """
+    from matplotlib import pyplot as plt
+
+    from tipsomaly_lite.course.viz import overlay_anomaly_map
+
+    low, high = threshold.colour_scale if threshold is not None else (0.0, 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
+    axes[0].imshow(original.permute(1, 2, 0).numpy())
+    axes[0].set_title(title)
+    axes[0].axis("off")
+    overlay_anomaly_map(original, amap, ax=axes[1], title=score_title, vmin=low, vmax=high, colorbar=True)
+    if threshold is not None and threshold.pixel_threshold is not None:
+        values = amap.detach().cpu().numpy()
+        if values.min() < threshold.pixel_threshold < values.max():  # a contour needs both sides present
+            axes[1].contour(values, levels=[threshold.pixel_threshold], colors="white", linewidths=1.2)
+    fig.tight_layout()
+    return fig
 
 
 def threshold_from_normal_images(detector: Any, images: Sequence[Any], class_word: str, *,
