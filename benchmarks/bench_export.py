@@ -15,7 +15,7 @@ what is measured, not the scores.
 Examples::
 
     python benchmarks/bench_export.py --quick              # smoke test: 1 block, 112 px (~30 s)
-    python benchmarks/bench_export.py                      # B/14, 518 px, batch 1 and 4 (~2 min on 2 cores)
+    python benchmarks/bench_export.py                      # B/14, 518 px, batch 1 and 2 (minutes on 2 cores)
     python benchmarks/bench_export.py --arch L/14 --json build/bench_export.json
 """
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="B/14", help="TIPS shape: S/14, B/14 (default), L/14 (the paper's), ...")
     p.add_argument("--depth", type=int, default=None, help="fewer vision and text blocks (default: the shape's)")
     p.add_argument("--size", type=int, default=518, help="input side in px (default 518, the paper's)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes (default 1 4)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="batch sizes (default 1 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per batch size (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 block, 112 px, batch 1, 2 rounds")
     p.add_argument("--json", default=None, help="also write the results here")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tipsomaly_lite.cli import build_parser, main
@@ -117,8 +116,19 @@ def test_a_port_in_use_is_one_line_and_exit_2(capsys):
     assert "TCP port" in capsys.readouterr().err
 
 
+def test_a_missing_app_extra_is_one_line(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["app", "--port", "0", "--variant", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Gradio" in err[0] and "[app]" in err[0]
+
+
 @pytest.mark.slow  # starts Gradio (about 10-15 s on 2 cores)
 def test_the_http_api_returns_a_real_prediction(photos, tmp_path):
+    pytest.importorskip("gradio", reason="the app extra: pip install 'tipsomaly_lite[app]'")
     from gradio_client import Client, handle_file
 
     from tipsomaly_lite.deploy.app import launch_app

@@ -194,3 +194,16 @@ def test_bench_tips_gpu_columns_from_a_measured_roofline():
     assert fp32["ours_peak_fraction"] is None  # the nominal peak is a bf16 figure
     met = fp32["ours_matmul_fraction"] >= bench.ROOFLINE_TARGET
     assert (": met;" if met else ": NOT met;") in bench.roofline_verdict([fp32])
+
+
+def test_bench_export_smoke(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra")
+    out = tmp_path / "export.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_export.py"), "--quick", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TIPSOMALY_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "speed ratio" in done.stdout and "load average" in done.stdout and "machine:" in done.stdout
+    payload = json.loads(out.read_text())
+    assert payload["max_error"] <= 1e-4 and payload["machine"]["cpus"] >= 1
+    assert all(r["speed_ratio"] > 0 and r["onnxruntime_s"] > 0 for r in payload["results"])

@@ -120,7 +120,8 @@ def test_predict_with_a_threshold_by_hand(toy, tmp_path, capsys):
 def test_predict_without_a_threshold_has_no_decision_column(toy, tmp_path, capsys):
     code, _ = _predict(["--images", str(toy / "good"), "--class-name", "hex nut", "--out", str(tmp_path / "o")], capsys)
     assert code == 0
-    assert "decision" not in (tmp_path / "o" / "scores.csv").read_text() and not (tmp_path / "o" / "threshold.json").exists()
+    assert "decision" not in (tmp_path / "o" / "scores.csv").read_text()
+    assert not (tmp_path / "o" / "threshold.json").exists()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "3", "x"])
@@ -139,8 +140,8 @@ def test_unreadable_known_good_images_are_one_line_and_no_threshold(bad, toy, tm
     good.mkdir()
     Image.open(toy / "good" / "000.png").save(good / "a.png")
     (good / "b.png").write_bytes(bad)
-    code, captured = _predict(["--images", str(toy / "good" / "003.png"), "--normal-images", str(good), "--class-name", "hex nut",
-                               "--out", str(tmp_path / "o")], capsys)
+    code, captured = _predict(["--images", str(toy / "good" / "003.png"), "--normal-images", str(good),
+                               "--class-name", "hex nut", "--out", str(tmp_path / "o")], capsys)
     err = captured.err.strip().splitlines()
     assert code == 2 and len(err) == 1, captured.err
     assert "--normal-images" in err[0] and str(good / "b.png") in err[0] and "Traceback" not in captured.err

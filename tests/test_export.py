@@ -39,7 +39,7 @@ def test_the_map_as_two_matrix_products_equals_the_method(grid, size, sigma):
 def test_onnxruntime_equals_detector_predict(family, tmp_path):
     model = _tiny(family, 112 if family == "tips" else None)
     g = torch.Generator().manual_seed(0)
-    prompts = (0.05 * torch.randn(2, model.text_width, generator=g), 0.05 * torch.randn(2, model.text_width, generator=g))
+    prompts = tuple(0.05 * torch.randn(2, model.text_width, generator=g) for _ in range(2))
     detector = Detector(model, prompts)  # decoupled: fixed prompts with the word, learned ones for the maps
     result = export_onnx(detector, "metal nut", tmp_path / "d.onnx")
     assert result.path.is_file() and result.max_error <= 1e-4
@@ -97,13 +97,24 @@ def test_the_export_command_writes_a_checked_file_and_keeps_what_exists(tmp_path
 
 @pytest.mark.parametrize("args, needle", [(["--class-name", "  "], "no prompts can be made"),
                                           (["--class-name", "pill", "--dtype", "bf16"], "--dtype"),
-                                          (["--class-name", "pill", "--released", "mvtec", "--prompts", "x"], "not both")])
+                                          (["--class-name", "pill", "--released", "mvtec", "--prompts", "x"],
+                                           "not both")])
 def test_export_errors_are_one_line_and_write_nothing(args, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TIPSOMALY_OFFLINE", "1")
     code, captured = _export([*args, "--out", str(tmp_path / "x.onnx")], capsys)
     err = captured.err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], captured.err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_missing_export_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    code, captured = _export(["--class-name", "pill", "--out", str(tmp_path / "x.onnx")], capsys)
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "onnxruntime" in err[0] and "[export]" in err[0]
 
 
 def test_export_out_must_be_an_onnx_file_name(tmp_path, capsys, monkeypatch):

@@ -33,9 +33,13 @@ def check_out_file(path: str, overwrite: bool, inputs: dict[str, Any], suffix: s
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tipsomaly_lite.deploy.export import check_class_word, export_onnx
+    from tipsomaly_lite.deploy.export import check_class_word, export_onnx, require_export_extra
     from tipsomaly_lite.method.prompt_files import load_prompts, run_record
 
+    try:
+        require_export_extra()
+    except ImportError as exc:  # a missing extra is the user's to install: one line, exit 2
+        raise ValueError(str(exc)) from None
     word = check_class_word(args.class_name)
     if args.dtype != "fp32":
         raise ValueError(f"--dtype {args.dtype}: the export is checked against fp32 PyTorch; export with --dtype fp32")
@@ -56,8 +60,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from tipsomaly_lite.deploy.app import check_port, launch_app
 
+    if importlib.util.find_spec("gradio") is None:  # a missing extra is the user's to install: one line, exit 2
+        raise ValueError("the app needs Gradio, which is not installed: pip install 'tipsomaly_lite[app]'")
     check_port(args.port, args.host)  # before the model is loaded: a port in use is one line, at once
     return launch_app(args)
 

@@ -24,12 +24,12 @@ from torch import Tensor, nn
 
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
-from tipsomaly_lite.method.fusion import fuse_scores, local_score
+from tipsomaly_lite.method.fusion import fuse_scores
 from tipsomaly_lite.method.maps import anomaly_map
 from tipsomaly_lite.method.scoring import global_score, patch_probabilities
 
-__all__ = ["ExportedDetector", "map_matrix", "check_class_word", "export_onnx", "ExportResult", "OPSET",
-           "MAX_CLASS_WORD"]
+__all__ = ["ExportedDetector", "map_matrix", "check_class_word", "export_onnx", "run_onnx", "ExportResult",
+           "OPSET", "MAX_CLASS_WORD", "require_export_extra"]
 
 #: The ONNX operator set the file is written with (onnxruntime >= 1.17 runs it).
 OPSET = 18
@@ -52,6 +52,20 @@ def check_class_word(word: Any, what: str = "--class-name") -> str:
         raise ValueError(f"{what} {word[:40]!r}: expected a short printable name of the object (at most "
                          f"{MAX_CLASS_WORD} characters, no braces or control characters)")
     return word
+
+
+def require_export_extra() -> None:
+    """Check that the ``export`` extra (onnx, onnxscript for torch's exporter, onnxruntime) is installed.
+
+    Raises:
+        ImportError: naming what is missing and how to install it.
+    """
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}, which is not installed: pip install "
+                          "'tipsomaly_lite[export]'")
 
 
 def map_matrix(grid: int, size: int, sigma: float) -> Tensor:
@@ -187,12 +201,7 @@ def export_onnx(detector: Detector, class_word: str, out: str | os.PathLike, *, 
         ValueError: an unusable class word, or the file does not reproduce ``Detector.predict``.
         ImportError: onnx or onnxruntime is missing (``pip install tipsomaly_lite[export]``).
     """
-    try:
-        import onnx  # noqa: F401  - the exporter needs it
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"ONNX export needs onnx and onnxruntime ({exc}): pip install 'tipsomaly_lite[export]'") \
-            from None
+    require_export_extra()
     module = ExportedDetector(detector, class_word, image_size).eval()
     size = module.image_size
     if check_images is None:
