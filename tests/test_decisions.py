@@ -118,8 +118,11 @@ def test_predict_with_a_threshold_by_hand(toy, tmp_path, capsys):
 
 
 def test_predict_without_a_threshold_has_no_decision_column(toy, tmp_path, capsys):
+    code, _ = _predict(["--images", str(toy / "good"), "--threshold", "1", "--class-name", "hex nut", "--out",
+                        str(tmp_path / "o")], capsys)
+    assert code == 0 and (tmp_path / "o" / "threshold.json").is_file()
     code, _ = _predict(["--images", str(toy / "good"), "--class-name", "hex nut", "--out", str(tmp_path / "o")], capsys)
-    assert code == 0
+    assert code == 0  # the same folder again, without a threshold: last run's threshold.json is not left behind
     assert "decision" not in (tmp_path / "o" / "scores.csv").read_text()
     assert not (tmp_path / "o" / "threshold.json").exists()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from tipsomaly_lite.io import flags
@@ -32,6 +33,9 @@ def _predict(args: argparse.Namespace) -> int:
         threshold = threshold_from_normal_images(detector, normal_files, args.class_name, batch_size=args.batch_size)
         print(f"threshold {threshold.image_threshold:.4f} from {threshold.n_normal} known-good images (quantile "
               f"{QUANTILE} of their scores + {MARGIN})")
+    stale = Path(args.out) / "threshold.json"
+    if threshold is None and stale.is_file():  # a folder we claimed: last run's threshold must not describe this one
+        stale.unlink()
     record = {"normal_images": [str(f) for f in normal_files]} if normal_files else {}
     result = predict_images(detector, files, args.class_name, args.out, names=names, batch_size=args.batch_size,
                             threshold=threshold, record=record)
