@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev,course]"
+	$(PY) -m pip install -q -e ".[dev,course,export,app]"
 	touch $@
 
 install: $(VENV)/.installed

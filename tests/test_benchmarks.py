@@ -207,3 +207,16 @@ def test_bench_mutual_smoke(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["batch"] for r in rows] == [2, 3] and [r["pairs"] for r in rows] == [1, 3]
     assert all(r["seconds"] > 0 and r["table_mib"] > 0 for r in rows)
+
+
+def test_bench_export_smoke(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra")
+    out = tmp_path / "export.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_export.py"), "--quick", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TIPSOMALY_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "speed ratio" in done.stdout and "load average" in done.stdout and "machine:" in done.stdout
+    payload = json.loads(out.read_text())
+    assert payload["max_error"] <= 1e-4 and payload["machine"]["cpus"] >= 1
+    assert all(r["speed_ratio"] > 0 and r["onnxruntime_s"] > 0 for r in payload["results"])

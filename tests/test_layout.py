@@ -19,12 +19,13 @@ from tipsomaly_lite.backbones.base import Backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tipsomaly_lite"
-SUBPACKAGES = ("backbones", "backbones/tips", "method", "eval", "data", "course", "course/checks", "cli")
+SUBPACKAGES = ("backbones", "backbones/tips", "method", "eval", "data", "course", "course/checks", "deploy", "cli")
 
 
 #: The packages whose faces a notebook or the README may import from.
 FACES = ("tipsomaly_lite", "tipsomaly_lite.backbones", "tipsomaly_lite.method", "tipsomaly_lite.eval",
-         "tipsomaly_lite.data", "tipsomaly_lite.io", "tipsomaly_lite.course", "tipsomaly_lite.offline")
+         "tipsomaly_lite.data", "tipsomaly_lite.io", "tipsomaly_lite.course", "tipsomaly_lite.deploy",
+         "tipsomaly_lite.offline")
 
 
 def _imports(text: str) -> list[tuple[str, str]]:
@@ -81,7 +82,8 @@ def test_the_tree_shows_the_architecture():
 #: Floors of the house, lowest first: a module may import only from its own floor or below.
 FLOORS = [("tipsomaly_lite._api", "tipsomaly_lite.offline", "tipsomaly_lite.distributed", "tipsomaly_lite.io"),
           ("tipsomaly_lite.backbones", "tipsomaly_lite.data"), ("tipsomaly_lite.method",), ("tipsomaly_lite.eval",),
-          ("tipsomaly_lite.course",), ("tipsomaly_lite.predict",), ("tipsomaly_lite.cli", "tipsomaly_lite.__main__")]
+          ("tipsomaly_lite.course",), ("tipsomaly_lite.predict", "tipsomaly_lite.deploy"),
+          ("tipsomaly_lite.cli", "tipsomaly_lite.__main__")]
 
 
 def _module_imports() -> dict[str, set[str]]:

@@ -4,6 +4,11 @@
 :func:`overlay_names` gives each a distinct overlay name, and :func:`predict_images` scores them in
 batches, draws every map over its photo at the photo's own size and writes ``scores.csv``. One
 unreadable image is named and counted as failed; it does not cost the others their scores.
+
+Given a :class:`~tipsomaly_lite.deploy.decide.Threshold` (from known-good images or by hand), every row
+also gets a ``decision`` (``anomalous`` when ``image_score > threshold``, else ``normal``), the maps share
+the threshold's colour scale with the pixel threshold drawn as a contour, and ``threshold.json`` records
+the threshold, its rule and the known-good images' statistics.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tipsomaly_lite.data.datasets import is_image_file
+from tipsomaly_lite.deploy.decide import Threshold, draw_decision
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.offline import MEANINGLESS_TAG
 
@@ -31,28 +37,30 @@ class PredictResult:
 
     Attributes:
         rows: one dict per scored image (``path``, ``class_word``, ``image_score``, ``global_score``,
-            ``local_score``, ``overlay``), as in ``scores.csv``.
+            ``local_score``, ``overlay``, and ``decision`` with a threshold), as in ``scores.csv``.
         failed: ``(path, why)`` of every image that could not be read.
         scores_csv: path of ``scores.csv``.
+        threshold_json: path of ``threshold.json`` (None without a threshold).
     """
 
     rows: list[dict[str, str]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     scores_csv: Path | None = None
+    threshold_json: Path | None = None
 
 
-def _walk_images(folder: Path, limit: int) -> list[Path]:
+def _walk_images(folder: Path, limit: int, flag: str = "--images") -> list[Path]:
     """Image files under ``folder``, sorted, without following links to folders (no loops), at most ``limit``."""
     found: list[Path] = []
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs.sort()
         found += [Path(root, f) for f in files if is_image_file(Path(root, f))]
         if len(found) > limit:
-            raise ValueError(f"--images {folder}: more than {limit} images; score a smaller folder at a time")
+            raise ValueError(f"{flag} {folder}: more than {limit} images; score a smaller folder at a time")
     return sorted(found)
 
 
-def image_files(specs: list[str]) -> list[Path]:
+def image_files(specs: list[str], flag: str = "--images") -> list[Path]:
     """The image files of ``--images`` (files and folders, recursively), each once, in the order given.
 
     Raises:
@@ -64,19 +72,19 @@ def image_files(specs: list[str]) -> list[Path]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found = _walk_images(path, MAX_IMAGES)
+            found = _walk_images(path, MAX_IMAGES, flag)
         elif path.is_file() and is_image_file(path):
             found = [path]
         else:
-            raise FileNotFoundError(f"--images {spec}: not an image file or a folder of images")
+            raise FileNotFoundError(f"{flag} {spec}: not an image file or a folder of images")
         for p in found:
             if p.resolve() not in seen:  # the same file named twice is scored once
                 seen.add(p.resolve())
                 files.append(p)
         if len(files) > MAX_IMAGES:
-            raise ValueError(f"--images: more than {MAX_IMAGES} images; score fewer at a time")
+            raise ValueError(f"{flag}: more than {MAX_IMAGES} images; score fewer at a time")
     if not files:
-        raise FileNotFoundError(f"--images {' '.join(specs)}: no images found (png, jpg, bmp, tif)")
+        raise FileNotFoundError(f"{flag} {' '.join(specs)}: no images found (png, jpg, bmp, tif)")
     return files
 
 
@@ -163,25 +171,20 @@ def overlay_names(files: list[Path], specs: list[str]) -> dict[Path, Path]:
     return names
 
 
-def _draw(original: Any, amap: Any, title: str, score_title: str, target: Path) -> None:
-    """The photo beside its anomaly map (probabilities on a fixed [0, 1] scale), written atomically."""
+def _draw(original: Any, amap: Any, title: str, score_title: str, target: Path,
+          threshold: Threshold | None = None) -> None:
+    """:func:`draw_decision`, written atomically to ``target``."""
     from matplotlib import pyplot as plt
 
-    from tipsomaly_lite.course.viz import overlay_anomaly_map
-
-    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
-    axes[0].imshow(original.permute(1, 2, 0).numpy())
-    axes[0].set_title(title)
-    axes[0].axis("off")
-    overlay_anomaly_map(original, amap, ax=axes[1], title=score_title, vmin=0.0, vmax=1.0, colorbar=True)
-    fig.tight_layout()
+    fig = draw_decision(original, amap, title, score_title, threshold)
     with atomic_file(target) as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
 
 
 def predict_images(detector: Any, files: list[Path], class_name: str, out: str | os.PathLike, *,
-                   names: dict[Path, Path], batch_size: int = 8, verbose: bool = True) -> PredictResult:
+                   names: dict[Path, Path], batch_size: int = 8, verbose: bool = True,
+                   threshold: Threshold | None = None, record: dict[str, Any] | None = None) -> PredictResult:
     """Score ``files`` with ``detector``, write one overlay each under ``out`` and ``out/scores.csv``.
 
     Args:
@@ -192,6 +195,8 @@ def predict_images(detector: Any, files: list[Path], class_name: str, out: str |
         names: overlay path relative to ``out`` per file (see :func:`overlay_names`).
         batch_size: images per forward pass.
         verbose: print one line per image.
+        threshold: adds the ``decision`` column, the shared colour scale and contour, and ``threshold.json``.
+        record: more facts for ``threshold.json`` (the class word and the detector's config are always there).
     Returns:
         The :class:`PredictResult`.
     Raises:
@@ -217,14 +222,20 @@ def predict_images(detector: Any, files: list[Path], class_name: str, out: str |
             # The map is drawn over the photo at its own size, not over the squashed model input.
             amap = upsample_map(pred.anomaly_map[i:i + 1], tuple(original.shape[-2:]))[0]
             score = f"score {float(pred.image_score[i]):.3f}"
+            decision = threshold.decide(float(pred.image_score[i])) if threshold is not None else None
+            if decision:
+                score += f": {decision}"
             target = out / names[path]
-            _draw(original, amap, path.name, score + (f" ({MEANINGLESS_TAG})" if model.is_offline else ""), target)
+            _draw(original, amap, path.name, score + (f" ({MEANINGLESS_TAG})" if model.is_offline else ""), target,
+                  threshold)
             result.rows.append({"path": str(path), "class_word": class_name,
                                 "image_score": f"{float(pred.image_score[i]):.6f}",
                                 "global_score": f"{float(pred.global_score[i]):.6f}",
-                                "local_score": f"{float(pred.local_score[i]):.6f}", "overlay": str(target)})
+                                "local_score": f"{float(pred.local_score[i]):.6f}", "overlay": str(target),
+                                **({"decision": decision} if decision else {})})
             if verbose:
-                print(f"{path.name}: score {result.rows[-1]['image_score']} -> {target}")
+                print(f"{path.name}: score {result.rows[-1]['image_score']}" + (f" {decision}" if decision else "")
+                      + f" -> {target}")
     if not result.rows:
         raise ValueError(f"--images: none of the {len(files)} images could be read (first: {result.failed[0][1]})")
     result.scores_csv = out / "scores.csv"
@@ -232,4 +243,8 @@ def predict_images(detector: Any, files: list[Path], class_name: str, out: str |
         writer = csv.DictWriter(f, fieldnames=list(result.rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(result.rows)
+    if threshold is not None:
+        result.threshold_json = threshold.write(out / "threshold.json", class_word=class_name,
+                                                meaningless=bool(model.is_offline), detector=detector.config(),
+                                                **(record or {}))
     return result

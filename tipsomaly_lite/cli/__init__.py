@@ -8,7 +8,10 @@
 - ``train``: learn the pixel prompts on an auxiliary dataset (a run folder with checkpoints).
 - ``evaluate``: the six metrics per class on a dataset (Markdown, CSV, JSON + config).
 - ``benchmark``: the paper's table: every prepared dataset, prompts trained on the other dataset.
-- ``predict``: anomaly-map overlays and a CSV of scores for your own images.
+- ``predict``: anomaly-map overlays and a CSV of scores for your own images (``--normal-images`` or
+  ``--threshold``: a decision per image and ``threshold.json``).
+- ``export``: one class's detector as an ONNX file (image in, score and map out).
+- ``app``: a web page (Gradio) to try the detector on uploaded photos.
 - ``grade``: run a class's notebooks offline and write what each exercise's self-check said (a CSV).
 
 All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
@@ -31,10 +34,10 @@ import argparse
 import sys
 
 from tipsomaly_lite import __version__
-from tipsomaly_lite.cli import data_commands, evaluate, grade, predict, train
+from tipsomaly_lite.cli import data_commands, deploy, evaluate, grade, predict, train
 
 #: The command groups in the order ``tipsomaly --help`` lists them; a new group is one module and one entry.
-GROUPS = (data_commands, train, evaluate, predict, grade)
+GROUPS = (data_commands, train, evaluate, predict, deploy, grade)
 
 
 class _Parser(argparse.ArgumentParser):

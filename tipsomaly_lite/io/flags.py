@@ -46,3 +46,7 @@ shots = number(int, 0, MAX_SHOTS, f"a number of normal reference images per clas
 shot_runs = number(int, 1, 20, "a number of reference draws (seeds) between 1 and 20")
 #: Seconds one graded notebook may run (a course notebook takes 10-30 s offline on 2 cores).
 grade_timeout = number(float, 0.0, 3600.0, "a number of seconds above 0, up to 3600", low_open=True)
+#: A decision threshold on the fused image score, which lies in [0, 2] with the paper's weights.
+threshold = number(float, 0.0, 2.0, "a finite image-score threshold between 0 and 2")
+#: A TCP port for the demo app (0: any free one).
+port = number(int, 0, 65535, "a TCP port between 0 and 65535")

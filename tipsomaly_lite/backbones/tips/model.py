@@ -36,6 +36,12 @@ __all__ = ["TIPS", "load_tips", "load_tips_files", "CPU_IMAGES_PER_PASS"]
 CPU_IMAGES_PER_PASS = 2
 
 
+def _exporting() -> bool:
+    """True while ``torch.export`` traces the model (torch >= 2.5 can tell; older ones are never asked to)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
 class TIPS(BackboneBase):
     """A loaded TIPS model: vision tower, text tower, tokenizer and temperature.
 
@@ -109,7 +115,8 @@ class TIPS(BackboneBase):
         Taught in notebooks/01_loading_tips.ipynb.
         """
         images = images.to(self.device, self.vision.pos_embed.dtype)
-        if images.device.type == "cpu" and len(images) > CPU_IMAGES_PER_PASS:
+        # Not while exporting: a split by the batch size would fix the exported graph's batch (deploy/export.py).
+        if not _exporting() and images.device.type == "cpu" and len(images) > CPU_IMAGES_PER_PASS:
             seq = torch.cat([self.vision(chunk) for chunk in images.split(CPU_IMAGES_PER_PASS)])
         else:
             seq = self.vision(images)
