@@ -27,7 +27,7 @@ from tipsomaly_lite.method.maps import anomaly_map
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 from tipsomaly_lite.method.prompts import PromptSet, TextFeatureBank, get_prompt_set
 from tipsomaly_lite.method.scoring import global_score, patch_probabilities
-from tipsomaly_lite.backbones.base import Backbone
+from tipsomaly_lite.backbones.base import Backbone, attention_of
 
 __all__ = ["MODES", "DEFAULT_SIGMA", "Prediction", "Detector"]
 
@@ -158,7 +158,7 @@ class Detector:
                 "n_prompt_tokens": self.n_prompt_tokens, "sigma": self.sigma, "map_filter":
                 "torch separable Gaussian, equal to scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)",
                 "global_weight": self.global_weight, "local_weight": self.local_weight,
-                "temperature": self.model.temperature}
+                "temperature": self.model.temperature, "attention": attention_of(self.model)}
 
     def __repr__(self) -> str:
         return (f"Detector(mode={self.mode!r}, token={self.token!r}, prompt_set={self.prompt_set.name!r}, "

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tipsomaly_lite.backbones.machine import attention_choice
 from tipsomaly_lite.backbones.tips.checkpoints import PATCH_SIZE, Architecture
 
 VISION_LN_EPS = 1e-6
@@ -44,14 +45,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     Returns:
         ``(B, heads, N, head_dim)``, in the inputs' dtype.
 
-    The one switch between two ways of computing the same thing: on the CPU in bf16 the query rows
-    go through :func:`chunked_attention`, everywhere else through ``F.scaled_dot_product_attention``.
-    Why: PyTorch's CPU flash-attention kernel is no faster in bf16 than in fp32 (about 22-26 ms per
-    B/14 layer at 448 px and batch 1 either way on a 2-core AMD EPYC with avx512_bf16), while two
-    plain bf16 matmuls over cache-sized chunks of rows take about half that; on CUDA, SDPA's fused
-    kernels are the fast path. A test checks that the two agree.
+    The one switch between two ways of computing the same thing, chosen per machine by
+    :func:`~tipsomaly_lite.backbones.machine.attention_choice`: ``F.scaled_dot_product_attention``
+    (float32, CUDA, and bf16 on a CPU with AMX, where it runs oneDNN's AMX kernels) or
+    :func:`chunked_attention` (bf16 on a CPU without AMX when a short measurement finds it faster:
+    it was about twice as fast as SDPA on an idle 2-core AMD EPYC with avx512_bf16, but it makes
+    thousands of small calls per image and suffers most when the CPU is shared).
+    ``TIPSOMALY_ATTENTION=sdpa|chunked`` forces one. A test checks that the two agree.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if attention_choice(q.device, q.dtype).path == "chunked":
         return chunked_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
