@@ -188,8 +188,7 @@ def test_attention_takes_the_path_it_is_told_and_sdpa_in_fp32(path, monkeypatch)
     monkeypatch.setenv("TIPSOMALY_ATTENTION", path)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 8) for _ in range(3))
-    if path == "sdpa":
-        assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))  # fp32: always SDPA
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
     want = chunked_attention(qb, kb, vb) if path == "chunked" else F.scaled_dot_product_attention(qb, kb, vb)
     assert torch.equal(attention(qb, kb, vb), want)

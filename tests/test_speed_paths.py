@@ -137,8 +137,9 @@ def test_without_amx_a_measurement_chooses_once(flags, monkeypatch):
     assert machine.bf16_attention() is first  # measured once per process
 
 
-def test_fp32_and_cuda_always_take_sdpa(flags):
+def test_fp32_and_cuda_always_take_sdpa(flags, monkeypatch):
     flags(AVX2)
+    monkeypatch.setenv(machine.ATTENTION_ENV, "chunked")  # the override is for bf16 on the CPU only
     assert machine.attention_choice("cpu", torch.float32).path == "sdpa"
     assert machine.attention_choice("cuda", torch.bfloat16).path == "sdpa"
 
