@@ -6,7 +6,7 @@
     :func:`~tipsomaly_lite.method.maps.anomaly_map` (two cached matrix products per map).
 (b) **attention**: one B/14 attention call at 448 px (1 image, 12 heads, 1,026 tokens, head width 64):
     fp32 SDPA, bf16 SDPA and bf16 chunked, and the path this machine chooses for bf16
-    (:func:`tipsomaly_lite.backbones.machine.bf16_attention`).
+    (:func:`tipsomaly_lite.backbones.tips.vision.bf16_attention`).
 (c) **load**: in a fresh process per run, load random ``--arch``-shaped weights (official npz layout) with
     ``dtype`` fp32 or bf16, then encode ``--images`` images at 448 px; reported: seconds to load and the
     peak resident memory of the process (``ru_maxrss``) after loading and after encoding. ``--pythonpath DIR`` runs the children against
@@ -86,8 +86,7 @@ def bench_map(args, log) -> dict:
 
 
 def bench_attention(args, log) -> dict:
-    from tipsomaly_lite.backbones.machine import bf16_attention
-    from tipsomaly_lite.backbones.tips.vision import chunked_attention
+    from tipsomaly_lite.backbones.tips.vision import bf16_attention, chunked_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 12, 1026, 64, generator=gen) for _ in range(3))

@@ -1,6 +1,6 @@
 """The fast paths chosen per machine give the same results as the readable ones.
 
-- the attention path for bf16 on the CPU (``backbones/machine.py``): chosen from the CPU flags or a
+- the attention path for bf16 on the CPU (``backbones/tips/vision.py``, flags from ``backbones/machine.py``): chosen from the CPU flags or a
   measurement, overridable, recorded; both paths agree on a whole model;
 - ``dtype="auto"``: bf16 exactly where the CPU or GPU has fast bf16;
 - the anomaly map as two cached matrix products: equal to upsampling then ``gaussian_blur``;
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tipsomaly_lite.backbones import load_backbone, machine
+from tipsomaly_lite.backbones.tips import vision
 from tipsomaly_lite.backbones.tips.checkpoints import CheckpointError, write_npz
 from tipsomaly_lite.backbones.tips.model import load_tips, load_tips_files
 from tipsomaly_lite.backbones.tips.tiny import TINY_ARCH, random_tips_arrays, tiny_files
@@ -40,7 +41,7 @@ def _quiet(fn, *args, **kwargs):
 @pytest.fixture
 def flags(monkeypatch):
     """Pretend the CPU has the given flags (None: unreadable), with no forced attention."""
-    monkeypatch.delenv(machine.ATTENTION_ENV, raising=False)
+    monkeypatch.delenv(vision.ATTENTION_ENV, raising=False)
 
     def set_flags(value):
         monkeypatch.setattr(machine, "cpu_flags", lambda path="/proc/cpuinfo": value)
@@ -118,30 +119,30 @@ def test_cli_dtype_auto_records_the_resolved_dtype_and_the_attention(tmp_path, m
 
 def test_amx_chooses_sdpa_and_the_choice_can_be_forced(flags, monkeypatch):
     flags(AMX)
-    assert machine.bf16_attention().path == "sdpa"
-    assert "amx_bf16" in machine.bf16_attention().reason
-    monkeypatch.setenv(machine.ATTENTION_ENV, "chunked")
-    assert machine.attention_choice("cpu", torch.bfloat16) == machine.AttentionChoice(
-        "chunked", f"forced by {machine.ATTENTION_ENV}")
-    monkeypatch.setenv(machine.ATTENTION_ENV, "flash")
+    assert vision.bf16_attention().path == "sdpa"
+    assert "amx_bf16" in vision.bf16_attention().reason
+    monkeypatch.setenv(vision.ATTENTION_ENV, "chunked")
+    assert vision.attention_choice("cpu", torch.bfloat16) == vision.AttentionChoice(
+        "chunked", f"forced by {vision.ATTENTION_ENV}")
+    monkeypatch.setenv(vision.ATTENTION_ENV, "flash")
     with pytest.raises(ValueError, match=r"TIPSOMALY_ATTENTION='flash': expected one of sdpa, chunked or auto"):
-        machine.bf16_attention()
+        vision.bf16_attention()
 
 
 def test_without_amx_a_measurement_chooses_once(flags, monkeypatch):
     flags(AVX512_BF16)
-    machine._measured_choice.cache_clear()
-    first = machine.bf16_attention()
-    assert first.path in machine.ATTENTION_PATHS and first.reason.startswith("measured")
+    vision._measured_choice.cache_clear()
+    first = vision.bf16_attention()
+    assert first.path in vision.ATTENTION_PATHS and first.reason.startswith("measured")
     assert "sdpa" in first.reason and "chunked" in first.reason
-    assert machine.bf16_attention() is first  # measured once per process
+    assert vision.bf16_attention() is first  # measured once per process
 
 
 def test_fp32_and_cuda_always_take_sdpa(flags, monkeypatch):
     flags(AVX2)
-    monkeypatch.setenv(machine.ATTENTION_ENV, "chunked")  # the override is for bf16 on the CPU only
-    assert machine.attention_choice("cpu", torch.float32).path == "sdpa"
-    assert machine.attention_choice("cuda", torch.bfloat16).path == "sdpa"
+    monkeypatch.setenv(vision.ATTENTION_ENV, "chunked")  # the override is for bf16 on the CPU only
+    assert vision.attention_choice("cpu", torch.float32).path == "sdpa"
+    assert vision.attention_choice("cuda", torch.bfloat16).path == "sdpa"
 
 
 def test_both_attention_paths_give_the_same_model_outputs(monkeypatch, _isolated_home):
@@ -150,12 +151,12 @@ def test_both_attention_paths_give_the_same_model_outputs(monkeypatch, _isolated
     model32 = _quiet(load_tips, "tiny")
     images = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
     features = {}
-    for path in machine.ATTENTION_PATHS:
-        monkeypatch.setenv(machine.ATTENTION_ENV, path)
+    for path in vision.ATTENTION_PATHS:
+        monkeypatch.setenv(vision.ATTENTION_ENV, path)
         assert model16.attention_path().startswith(path)
         assert f"attention={path}" in repr(model16) and model16.describe()["attention"].startswith(path)
         features[path] = model16.encode_features(images)
-    monkeypatch.delenv(machine.ATTENTION_ENV)
+    monkeypatch.delenv(vision.ATTENTION_ENV)
     reference = model32.encode_features(images)
     for name in reference:
         torch.testing.assert_close(features["chunked"][name], features["sdpa"][name], atol=2e-2, rtol=0)

@@ -271,7 +271,7 @@ def _run_config(model: Backbone, dataset: Any, config: TrainSettings, start: dic
             "torch": torch.__version__, "python": platform.python_version(),
             "initial_prompts": _describe_start(start, config.seed),
             "world_size": distributed.world()[1],  # processes sharing each batch (may change on resume)
-            "attention": attention_of(model)}  # per machine (backbones/machine.py); not compared on resume
+            "attention": attention_of(model)}  # chosen per machine (backbones/tips/vision.py); not compared on resume
 
 
 def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:

@@ -18,13 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tipsomaly_lite.backbones.base import BackboneBase, l2_normalize, vision_dtype, wants_tiny
-from tipsomaly_lite.backbones.machine import attention_choice
 from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture, CheckpointError, canonical_text_names,
                                         check_finite, check_temperature, hf_to_npz_names, npz_shapes, read_npz,
                                         validate_pair)
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant
 from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer, trim_padding
-from tipsomaly_lite.backbones.tips.vision import VisionTower
+from tipsomaly_lite.backbones.tips.vision import VisionTower, attention_choice
 
 __all__ = ["TIPS", "load_tips", "load_tips_files", "CPU_IMAGES_PER_PASS"]
 
@@ -173,7 +172,7 @@ class TIPS(BackboneBase):
     def attention_path(self) -> str:
         """Which attention the vision tower runs here and why: ``"sdpa (...)"`` or ``"chunked (...)"``.
 
-        See :func:`~tipsomaly_lite.backbones.machine.attention_choice`; recorded in run and evaluation configs.
+        See :func:`~tipsomaly_lite.backbones.tips.vision.attention_choice`; recorded in run and evaluation configs.
         """
         return str(attention_choice(self.device, self.dtype))
 
