@@ -9,7 +9,7 @@ the same numbers, the vision tower cast to bf16 in the second (the text tower st
 
 (a) **Speed** of the vision tower (``model.encode_image``) on random images at ``--size`` px
     (448, the native size), batch 1 and 8, under ``torch.inference_mode()``: fp32; bf16 (the
-    attention path this machine chooses, printed; see ``tipsomaly_lite.backbones.machine``); and bf16
+    attention path this machine chooses, printed; ``backbones/tips/vision.py``, ``attention_choice``); and bf16
     with ``F.scaled_dot_product_attention`` forced, to show what the attention switch buys. One
     warm-up each, then ``--repeats`` rounds that call every variant once, in an order that rotates
     every round, so a busy machine slows all alike; the medians give the ratios, all from the same

@@ -9,8 +9,9 @@
     (:func:`tipsomaly_lite.backbones.tips.vision.bf16_attention`).
 (c) **load**: in a fresh process per run, load random ``--arch``-shaped weights (official npz layout) with
     ``dtype`` fp32 or bf16, then encode ``--images`` images at 448 px; reported: seconds to load and the
-    peak resident memory of the process (``ru_maxrss``) after loading and after encoding. ``--pythonpath DIR`` runs the children against
-    another checkout of the package (an older commit, for a before/after).
+    peak resident memory of the process (``ru_maxrss``) after loading and after encoding.
+    ``--pythonpath DIR`` runs the children against another checkout of the package (an older commit,
+    for a before/after).
 
 Timings (a, b): one warm-up each, then ``--repeats`` rounds calling every variant once in a rotating
 order; min / median / max per variant and the ratio of medians, all from the same run. The load
@@ -120,7 +121,8 @@ def load_child(spec: dict) -> dict:
     loaded = time.perf_counter()
     load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model.encode_features(torch.rand(spec["images"], 3, 448, 448))
-    return {"package": str(Path(sys.modules["tipsomaly_lite"].__file__).parent),"import_s": imported - start, "load_s": loaded - imported, "load_peak_mib": load_rss,
+    return {"package": str(Path(sys.modules["tipsomaly_lite"].__file__).parent), "import_s": imported - start,
+            "load_s": loaded - imported, "load_peak_mib": load_rss,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "dynamo_imported": "torch._dynamo" in sys.modules}
 

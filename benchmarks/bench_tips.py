@@ -748,9 +748,9 @@ def main(argv=None) -> int:
     log(f"total benchmark time: {elapsed:.0f}s; {load_average()} at the end")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"environment": {**env, "load_at_end": load_average()}, "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                    for k, v in vars(args).items()
-                                                    if k not in ("memory_child", "roofline")},
+        payload = {"environment": {**env, "load_at_end": load_average()},
+                   "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                for k, v in vars(args).items() if k not in ("memory_child", "roofline")},
                    "memory_method": memory_method(device), "target_speed_ratio": TARGET,
                    "roofline": {**args.roofline, "target_fp32_vision_fraction": ROOFLINE_TARGET,
                                 "verdict": roofline_verdict(rows)},

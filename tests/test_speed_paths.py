@@ -1,7 +1,8 @@
 """The fast paths chosen per machine give the same results as the readable ones.
 
-- the attention path for bf16 on the CPU (``backbones/tips/vision.py``, flags from ``backbones/machine.py``): chosen from the CPU flags or a
-  measurement, overridable, recorded; both paths agree on a whole model;
+- the attention path for bf16 on the CPU (``backbones/tips/vision.py``; CPU flags from
+  ``backbones/machine.py``): chosen from the flags or a measurement, overridable, recorded; both
+  paths agree on a whole model;
 - ``dtype="auto"``: bf16 exactly where the CPU or GPU has fast bf16;
 - the anomaly map as two cached matrix products: equal to upsampling then ``gaussian_blur``;
 - construction without throw-away initialisation: the same outputs, and a missing weight still refused.

@@ -156,7 +156,7 @@ def _measured_choice() -> AttentionChoice:
 
 
 def bf16_attention() -> AttentionChoice:
-    """The attention path for bf16 on this CPU (see the module's docstring), chosen once per process.
+    """The attention path for bf16 on this CPU, chosen once per process (why: see :func:`attention`).
 
     Raises:
         ValueError: ``TIPSOMALY_ATTENTION`` holds something other than sdpa, chunked or auto.
