@@ -8,8 +8,8 @@ N(0, 0.02) weights, LayerNorm weights near 1, layer scales 0.1) and loads them t
 the same numbers, the vision tower cast to bf16 in the second (the text tower stays fp32).
 
 (a) **Speed** of the vision tower (``model.encode_image``) on random images at ``--size`` px
-    (448, the native size), batch 1 and 8, under ``torch.inference_mode()``: fp32; bf16 (CPU:
-    the chunked attention path, see ``tipsomaly_lite.backbones.tips.vision.attention``); and bf16
+    (448, the native size), batch 1 and 8, under ``torch.inference_mode()``: fp32; bf16 (the
+    attention path this machine chooses, printed; ``backbones/tips/vision.py``, ``attention_choice``); and bf16
     with ``F.scaled_dot_product_attention`` forced, to show what the attention switch buys. One
     warm-up each, then ``--repeats`` rounds that call every variant once, in an order that rotates
     every round, so a busy machine slows all alike; the medians give the ratios, all from the same
@@ -301,7 +301,10 @@ def main(argv=None) -> int:
         files = b14_files(tmp, args.depth, args.seed)
         speed = []
         if not args.skip_speed:
-            speed = bench_speed(load_pair(files, args.size), args, matmul, log)
+            pair = load_pair(files, args.size)
+            env["bf16_attention"] = pair["bf16"].attention_path()  # the path this machine chose for "bf16"
+            log(f"bf16 attention on this machine: {env['bf16_attention']}")
+            speed = bench_speed(pair, args, matmul, log)
         env["load_average_after_speed"] = load_average()
         root = make_toy_dataset(tmp / "toy", classes=list(TOY_CLASSES[:args.classes]), n_train=0)
         dataset = AnomalyDataset(root, image_size=args.eval_size)

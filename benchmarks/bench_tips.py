@@ -180,16 +180,39 @@ def timed(fn, sync):
     return time.perf_counter() - start, out
 
 
-def time_pair(ours_fn, theirs_fn, repeats: int, sync) -> tuple[list[float], list[float]]:
-    """``repeats`` timings of each, alternating, with the first one switching every round."""
+def time_pair(ours_fn, theirs_fn, repeats: int, sync, matmul_fn=None) -> tuple[list[float], list[float], list[float]]:
+    """``repeats`` timings of each, alternating, with the first one switching every round.
+
+    ``matmul_fn`` (optional, returns GFLOP/s) is timed at the start of every round, so that each
+    round's tower time has the machine's matmul throughput *of that moment* beside it.
+    Returns:
+        ours seconds, theirs seconds, matmul GFLOP/s (empty without ``matmul_fn``), one entry per round.
+    """
     times = {"ours": [], "theirs": []}
     fns = {"ours": ours_fn, "theirs": theirs_fn}
+    matmul = []
     for r in range(repeats):
+        if matmul_fn is not None:
+            matmul.append(matmul_fn())
         for who in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
             t, out = timed(fns[who], sync)
             del out
             times[who].append(t)
-    return times["ours"], times["theirs"]
+    return times["ours"], times["theirs"], matmul
+
+
+def round_matmul(dtype: torch.dtype, device: torch.device, side: int, sync):
+    """A function timing one square ``side x side`` matmul in ``dtype`` (after a warm-up), returning GFLOP/s."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(side, side, generator=gen).to(device, dtype) for _ in range(2))
+    out = torch.empty(side, side, device=device, dtype=dtype)
+
+    def run() -> float:
+        with torch.inference_mode(), exact_fp32_cuda():
+            t, _ = timed(lambda: torch.mm(a, b, out=out), sync)
+        return 2 * side ** 3 / t / 1e9
+    run()
+    return run
 
 
 @contextlib.contextmanager
@@ -351,8 +374,10 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
         else:  # keep the fp32 reference to judge the bf16 outputs of both
             theirs, ours_t, ref_fp32 = copy.deepcopy(ref32).to(dtype), ours.to(dtype), ref32
             ours = None
-        log(f"   built in {time.perf_counter() - t0:.1f}s (attention: "
-            f"{theirs.vision_model.config._attn_implementation})")
+        log(f"   built in {time.perf_counter() - t0:.1f}s (attention: ours "
+            f"{ours_t.attention_path()}; theirs {theirs.vision_model.config._attn_implementation})")
+        # Every round times this matmul beside the towers: the fraction is taken round by round.
+        matmul_fn = round_matmul(dtype, device, args.round_matmul, sync)
 
         def measure(task, size, n, unit, flops, ours_fn, theirs_fn, ref32_fn, err):
             """Warm-up doubles as the agreement check; then alternating timings, memory, one row."""
@@ -369,12 +394,13 @@ def bench_family(family: str, dtype: torch.dtype, sizes: list[int], batches: lis
                     check = check_agreement(what, err(out_o, ref), dtype, err(out_t, ref))
                     del ref
                 del out_o, out_t
-                t_o, t_t = time_pair(ours_fn, theirs_fn, args.repeats, sync)
+                t_o, t_t, mm = time_pair(ours_fn, theirs_fn, args.repeats, sync, matmul_fn)
             row = dict(model=name, dtype=dname, task=task, size=size, batch=n, unit=unit, ours_s=t_o,
                        theirs_s=t_t, ours_per_s=n / statistics.median(t_o),
                        theirs_per_s=n / statistics.median(t_t), check=check)
             row["speed_ratio"] = row["ours_per_s"] / row["theirs_per_s"]
-            row.update(roofline_columns(flops, statistics.median(t_o), statistics.median(t_t), dname, args))
+            row.update(roofline_columns(flops, statistics.median(t_o), statistics.median(t_t), dname, args,
+                                        ours_times=t_o, matmul_rounds=mm))
             row.update(memory_pair(args, device, sync, files, dname, task, size, n, ours_fn, theirs_fn))
             log("   " + row_summary(row))
             rows.append(row)
@@ -439,13 +465,26 @@ def measure_roofline(args, device: torch.device, log) -> dict:
     return roof
 
 
-def roofline_columns(flops: int, ours_s: float, theirs_s: float, dname: str, args) -> dict:
-    """Achieved GFLOP/s of both sides and ours as a fraction of the matmul throughput (and GPU peak)."""
+def roofline_columns(flops: int, ours_s: float, theirs_s: float, dname: str, args, ours_times=None,
+                     matmul_rounds=None) -> dict:
+    """Achieved GFLOP/s of both sides and ours as a fraction of the matmul throughput (and GPU peak).
+
+    With ``ours_times`` and ``matmul_rounds`` (one per round), the fraction is taken round by round
+    (ours in that round / the matmul timed at the start of that round): min, median and max.
+    Without them, against the best throughput measured before the models.
+    """
     roof = args.roofline
     ours = flops / ours_s / 1e9
+    if ours_times and matmul_rounds:
+        fractions = sorted(flops / t / 1e9 / mm for t, mm in zip(ours_times, matmul_rounds))
+        matmul = statistics.median(matmul_rounds)
+    else:
+        matmul = roof["matmul_gflops"][dname]
+        fractions = [ours / matmul]
     cols = {"gflop": flops / 1e9, "ours_gflops": ours, "theirs_gflops": flops / theirs_s / 1e9,
-            "matmul_gflops": roof["matmul_gflops"][dname],
-            "ours_matmul_fraction": ours / roof["matmul_gflops"][dname], "ours_peak_fraction": None}
+            "matmul_gflops": matmul, "matmul_rounds_gflops": list(matmul_rounds or []),
+            "ours_matmul_fraction": statistics.median(fractions), "ours_matmul_fraction_min": fractions[0],
+            "ours_matmul_fraction_max": fractions[-1], "ours_peak_fraction": None}
     peak = roof.get("gpu_bf16_peak_tflops")
     if peak and dname == "bf16":
         cols["ours_peak_fraction"] = ours / (peak * 1e3)
@@ -482,9 +521,17 @@ def row_summary(r: dict) -> str:
     where = f"{r['size']}px b{r['batch']}" if r["task"] == "vision" else f"{r['batch']} prompts"
     peak = f", {_percent(r['ours_peak_fraction'])} of the GPU's peak" if r.get("ours_peak_fraction") else ""
     return (f"{r['task']:6s} {where:14s} ours {r['ours_per_s']:8.2f} {r['unit']}, theirs {r['theirs_per_s']:8.2f} "
-            f"-> {r['speed_ratio']:.2f}x | ours {r['ours_gflops']:.0f} GFLOP/s = {_percent(r['ours_matmul_fraction'])} "
+            f"-> {r['speed_ratio']:.2f}x | ours {r['ours_gflops']:.0f} GFLOP/s = {_fractions(r)} "
             f"of {r['dtype']} matmul{peak} | mem ours {_mem(r, 'ours')} MiB, theirs {_mem(r, 'theirs')} MiB "
             f"| {r['check']}")
+
+
+def _fractions(r: dict) -> str:
+    """Ours / matmul throughput: min / median / max over the rounds (one figure when there was one round)."""
+    lo, mid, hi = (r.get("ours_matmul_fraction_min"), r["ours_matmul_fraction"], r.get("ours_matmul_fraction_max"))
+    if lo is None or hi is None or lo == hi:
+        return f"{100 * mid:.0f}%"
+    return f"{100 * lo:.0f} / {100 * mid:.0f} / {100 * hi:.0f}%"
 
 
 def _mem(r: dict, who: str) -> str:
@@ -498,7 +545,7 @@ def _mem(r: dict, who: str) -> str:
 def markdown_table(rows: list[dict]) -> str:
     gpu = any(r.get("ours_peak_fraction") is not None for r in rows)
     head = ("| model | dtype | tower | input | batch | ours | theirs | speed ratio (ours/theirs) | target >= 1.2x "
-            "| GFLOP | ours GFLOP/s | theirs GFLOP/s | ours / matmul throughput "
+            "| GFLOP | ours GFLOP/s | theirs GFLOP/s | ours / matmul throughput (min / median / max over rounds) "
             + ("| ours / nominal GPU peak " if gpu else "")
             + "| ours peak MiB | theirs peak MiB | memory ratio (ours/theirs) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -508,7 +555,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['model']} | {r['dtype']} | {r['task']} | {inp} | {r['batch']} "
             f"| {r['ours_per_s']:.2f} {r['unit']} | {r['theirs_per_s']:.2f} {r['unit']} | {r['speed_ratio']:.2f}x "
             f"| {'yes' if r['speed_ratio'] >= TARGET else 'NO'} | {r['gflop']:.1f} | {r['ours_gflops']:.0f} "
-            f"| {r['theirs_gflops']:.0f} | {100 * r['ours_matmul_fraction']:.0f}% of {r['matmul_gflops']:.0f} "
+            f"| {r['theirs_gflops']:.0f} | {_fractions(r)} of {r['matmul_gflops']:.0f} "
             + (f"| {_percent(r['ours_peak_fraction'])} " if gpu else "")
             + f"| {_mem(r, 'ours')} | {_mem(r, 'theirs')} | {_fmt(r['mem_ratio'], '.2f')} |")
     return "\n".join(lines)
@@ -528,15 +575,17 @@ def _percent(fraction: float | None) -> str:
 
 
 def roofline_verdict(rows: list[dict]) -> str:
-    """Whether every fp32 vision configuration reaches :data:`ROOFLINE_TARGET` of the fp32 matmul throughput."""
-    fp32 = [r for r in rows if r["task"] == "vision" and r["dtype"] == "fp32"]
+    """Whether every fp32 configuration (both towers) reaches :data:`ROOFLINE_TARGET` of the fp32 matmul
+    throughput, judged on the median of the per-round fractions."""
+    fp32 = [r for r in rows if r["dtype"] == "fp32"]
     if not fp32:
-        return "roofline target: no fp32 vision configuration was run"
+        return "roofline target: no fp32 configuration was run"
     worst = min(fp32, key=lambda r: r["ours_matmul_fraction"])
     met = worst["ours_matmul_fraction"] >= ROOFLINE_TARGET
-    return (f"roofline target (fp32 vision tower >= {ROOFLINE_TARGET:.0%} of the measured fp32 matmul throughput): "
-            f"{'met' if met else 'NOT met'}; lowest {worst['ours_matmul_fraction']:.0%} "
-            f"({worst['size']} px, batch {worst['batch']})")
+    where = f"{worst['size']} px, batch {worst['batch']}" if worst["task"] == "vision" else f"{worst['batch']} prompts"
+    return (f"roofline target (fp32 towers >= {ROOFLINE_TARGET:.0%} of the fp32 matmul throughput timed in the same "
+            f"rounds): {'met' if met else 'NOT met'}; lowest median {worst['ours_matmul_fraction']:.0%} "
+            f"({worst['model']} {worst['task']}, {where})")
 
 
 def environment(device: torch.device) -> dict:
@@ -578,11 +627,11 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     p.add_argument("--models", nargs="+", choices=sorted(FAMILIES), default=None,
-                   help="families to benchmark (default: b14 on cpu; b14 and l14 on cuda)")
+                   help="families to benchmark (default: b14 and l14; b14 only with --quick)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: B/14 in fp32; L/14 in bf16 on cuda, fp32 on cpu")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="B/14 image sizes (default 448 518)")
-    p.add_argument("--l14-sizes", type=int, nargs="+", default=[518], help="L/14 image sizes")
+    p.add_argument("--l14-sizes", type=int, nargs="+", default=None, help="L/14 image sizes (default 448 518)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="image batch sizes (default 1 8)")
     p.add_argument("--prompts", type=int, default=None, help="number of text prompts (default 64)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per model, after 1 warm-up (default 3)")
@@ -597,6 +646,9 @@ def parse_args(argv=None):
     p.add_argument("--matmul-sizes", type=int, nargs="+", default=None,
                    help="sides of the square matmuls that measure the machine's throughput "
                         "(default: 1024 2048 3072 on cpu, 512 1024 with --quick, 4096 8192 on cuda)")
+    p.add_argument("--round-matmul", type=int, default=None,
+                   help="side of the square matmul timed at the start of every round beside the towers "
+                        "(default: 2048 on cpu, 512 with --quick, 8192 on cuda)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the GPU's dense bf16 peak in TFLOP/s, when it is not in the table of known GPUs")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also save the results as JSON")
@@ -609,6 +661,8 @@ def parse_args(argv=None):
         args.repeats = args.repeats or 1
         args.memory_batches = args.memory_batches or [1]
     args.sizes = args.sizes or [448, 518]
+    args.l14_sizes = args.l14_sizes or [448, 518]
+    args.round_matmul = args.round_matmul or (8192 if args.device == "cuda" else 512 if args.quick else 2048)
     args.batches = args.batches or [1, 8]
     args.prompts = args.prompts or 64
     args.repeats = args.repeats or 3
@@ -618,8 +672,24 @@ def parse_args(argv=None):
         if s % 14:
             p.error(f"image size {s} is not a multiple of 14")
     if args.models is None:
-        args.models = ["b14", "l14"] if args.device == "cuda" else ["b14"]
+        args.models = ["b14"] if args.quick else ["b14", "l14"]
     return args
+
+
+def cuda_missing_message() -> str:
+    """What ``--device cuda`` says on a machine without a usable GPU (this script stays ready for one)."""
+    build = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None
+             else f"this torch (CUDA {torch.version.cuda}) sees no GPU")
+    return (f"--device cuda: no CUDA device here: {build}. The GPU figures need a machine with an NVIDIA GPU and a "
+            "CUDA build of torch; run the same command there (python benchmarks/bench_tips.py --device cuda). "
+            "Nothing was measured.")
+
+
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
 
 
 def main(argv=None) -> int:
@@ -629,7 +699,7 @@ def main(argv=None) -> int:
         print("MEMORY_RESULT " + json.dumps(result), flush=True)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is available to this torch build", file=sys.stderr)
+        print(cuda_missing_message(), file=sys.stderr)
         return 2
     device = torch.device(args.device)
     env = environment(device)
@@ -640,7 +710,9 @@ def main(argv=None) -> int:
     log(f"bench_tips: torch {env['torch']}, transformers {env['transformers']}, python {env['python']}")
     log(f"device {device}" + (f" ({env['gpu']})" if "gpu" in env else f" ({env['cpu']}, {env['cpu_count']} cpus)")
         + f"; torch threads: {env['torch_threads']} (default, not changed)")
-    log(f"timing: 1 warm-up + median of {args.repeats} alternating repeats, torch.inference_mode()"
+    log(f"{load_average()} (1, 5, 15 min) on {env['cpu_count']} cpus at the start")
+    log(f"timing: 1 warm-up + median of {args.repeats} alternating repeats, torch.inference_mode(); a "
+        f"{args.round_matmul}x{args.round_matmul} matmul timed at the start of every round"
         + (", torch.cuda.synchronize() around each call" if device.type == "cuda" else ""))
     log(memory_method(device) if not args.no_memory else "peak memory: skipped (--no-memory)")
 
@@ -673,12 +745,12 @@ def main(argv=None) -> int:
     log(roofline_verdict(rows))
     if device.type == "cuda":
         log(gpu_summary(rows))
-    log(f"total benchmark time: {elapsed:.0f}s")
+    log(f"total benchmark time: {elapsed:.0f}s; {load_average()} at the end")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"environment": env, "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                    for k, v in vars(args).items()
-                                                    if k not in ("memory_child", "roofline")},
+        payload = {"environment": {**env, "load_at_end": load_average()},
+                   "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                for k, v in vars(args).items() if k not in ("memory_child", "roofline")},
                    "memory_method": memory_method(device), "target_speed_ratio": TARGET,
                    "roofline": {**args.roofline, "target_fp32_vision_fraction": ROOFLINE_TARGET,
                                 "verdict": roofline_verdict(rows)},

@@ -220,3 +220,53 @@ def test_bench_export_smoke(tmp_path):
     payload = json.loads(out.read_text())
     assert payload["max_error"] <= 1e-4 and payload["machine"]["cpus"] >= 1
     assert all(r["speed_ratio"] > 0 and r["onnxruntime_s"] > 0 for r in payload["results"])
+
+
+def _bench_tips():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tips", REPO / "benchmarks" / "bench_tips.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_tips_takes_the_fraction_round_by_round():
+    """Each round's tower time is set against the matmul timed in that round: min / median / max."""
+    import argparse
+
+    bench = _bench_tips()
+    args = argparse.Namespace(roofline={"matmul_gflops": {"fp32": 1000.0, "bf16": 4000.0}})
+    flops = 100e9  # 100 GFLOP: 1 s = 100 GFLOP/s
+    cols = bench.roofline_columns(flops, 1.0, 2.0, "fp32", args, ours_times=[1.0, 2.0, 0.5],
+                                  matmul_rounds=[200.0, 100.0, 400.0])
+    # Rounds: 100/200 = 50 %, 50/100 = 50 %, 200/400 = 50 %: a machine slowing both alike leaves the fraction alone.
+    assert cols["ours_matmul_fraction_min"] == cols["ours_matmul_fraction"] == cols["ours_matmul_fraction_max"] == 0.5
+    assert cols["matmul_gflops"] == 200.0 and cols["matmul_rounds_gflops"] == [200.0, 100.0, 400.0]
+    cols = bench.roofline_columns(flops, 1.0, 2.0, "fp32", args, ours_times=[1.0, 1.0, 1.0],
+                                  matmul_rounds=[125.0, 100.0, 200.0])
+    assert (cols["ours_matmul_fraction_min"], cols["ours_matmul_fraction"], cols["ours_matmul_fraction_max"]) == (
+        0.5, 0.8, 1.0)
+    row = {"model": "B/14", "dtype": "fp32", "task": "text", "size": None, "batch": 64, **cols}
+    assert bench._fractions(row) == "50 / 80 / 100%"
+    assert "met; lowest median 80% (B/14 text, 64 prompts)" in bench.roofline_verdict([row])
+
+
+def test_bench_tips_round_matmul_returns_gflops():
+    import torch
+
+    bench = _bench_tips()
+    run = bench.round_matmul(torch.float32, torch.device("cpu"), 64, lambda: None)
+    assert run() > 0
+
+
+def test_bench_tips_on_cuda_without_a_gpu_says_so_in_one_message():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the message is for machines without one")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_tips.py"), "--device", "cuda"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "--device cuda: no CUDA device here" in done.stderr and "Nothing was measured" in done.stderr
+    assert done.stdout == ""

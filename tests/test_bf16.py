@@ -183,12 +183,15 @@ def test_gradients_flow_through_the_chunked_path():
         torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_takes_the_chunked_path_only_on_cpu_in_bf16():
+@pytest.mark.parametrize("path", ["chunked", "sdpa"])
+def test_attention_takes_the_path_it_is_told_and_sdpa_in_fp32(path, monkeypatch):
+    monkeypatch.setenv("TIPSOMALY_ATTENTION", path)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 8) for _ in range(3))
-    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))  # fp32: always SDPA
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    assert torch.equal(attention(qb, kb, vb), chunked_attention(qb, kb, vb))
+    want = chunked_attention(qb, kb, vb) if path == "chunked" else F.scaled_dot_product_attention(qb, kb, vb)
+    assert torch.equal(attention(qb, kb, vb), want)
     # Non-contiguous inputs, as the packed qkv projection makes them.
     qkv = torch.randn(2, 40, 3, 3, 8).bfloat16().permute(2, 0, 3, 1, 4)
     torch.testing.assert_close(attention(*qkv), F.scaled_dot_product_attention(*qkv), atol=3e-2, rtol=3e-2)

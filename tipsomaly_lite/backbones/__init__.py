@@ -43,7 +43,9 @@ def load_backbone(variant: str | None = None, *, family: str | None = None, **kw
         **kwargs: passed to the family's loader: ``image_size`` (None: the family's default, TIPS 518
             px, the paper's input side; CLIP/SigLIP2 the checkpoint's native size; read it back as
             ``model.image_size``), ``device``, ``download``, ``fallback_to_tiny``, ``dtype``
-            (``"float32"`` or ``"bfloat16"``: the vision tower's; text stays float32) and the family's
+            (``"float32"`` or ``"bfloat16"``: the vision tower's; text stays float32; ``"auto"``: bf16
+            where the CPU or GPU has fast bf16, else float32, see
+            :func:`~tipsomaly_lite.backbones.machine.resolve_dtype`; ``model.dtype_choice`` says why) and the family's
             own options (TIPS: :func:`~tipsomaly_lite.backbones.tips.model.load_tips`; CLIP/SigLIP2:
             :func:`~tipsomaly_lite.backbones.hf.load_hf_backbone`).
     Returns:
@@ -56,7 +58,14 @@ def load_backbone(variant: str | None = None, *, family: str | None = None, **kw
         from tipsomaly_lite.backbones.hf import hf_family_for
 
         family = hf_family_for(variant)
-    return get_family(family or DEFAULT_FAMILY).load(variant, **kwargs)
+    choice = "asked"
+    if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] == "auto":
+        from tipsomaly_lite.backbones.machine import resolve_dtype
+
+        kwargs["dtype"], choice = resolve_dtype("auto", kwargs.get("device") or "cpu")
+    model = get_family(family or DEFAULT_FAMILY).load(variant, **kwargs)
+    model.dtype_choice = choice  # describe() and the repr of a run say why auto chose it
+    return model
 
 
 # The rest of the subpackage's public names, imported on first use (``from tipsomaly_lite.backbones import TIPS``).

@@ -32,7 +32,7 @@ from tipsomaly_lite.backbones.preprocess import check_size, preprocess
 from tipsomaly_lite.backbones.scoring_rule import ScoringRule
 
 __all__ = ["Backbone", "BackboneBase", "l2_normalize", "NORM_EPS", "VISION_DTYPES", "vision_dtype", "cpu_has_bf16",
-           "warn_if_slow_bf16", "weights_fingerprint", "wants_tiny", "OFFLINE_BANNER"]
+           "warn_if_slow_bf16", "weights_fingerprint", "attention_of", "wants_tiny", "OFFLINE_BANNER"]
 
 #: The method's normalisation floor: ``x / max(||x||, NORM_EPS)`` (docs/method.md, Eq. 1).
 NORM_EPS = 1e-3
@@ -84,6 +84,12 @@ def warn_if_slow_bf16(dtype: torch.dtype, device: str | torch.device) -> None:
 
         warn_caller("dtype=bfloat16 on a CPU without bf16 matrix instructions (avx512_bf16 or AMX): it is emulated "
                     "and slower than float32 here; use float32 on this machine")
+
+
+def attention_of(model: Any) -> str | None:
+    """``model.attention_path()`` where the backbone says how it computes attention, else None (for configs)."""
+    ask = getattr(model, "attention_path", None)
+    return ask() if callable(ask) else None
 
 
 def weights_fingerprint(module: nn.Module, header: str) -> str:
@@ -251,6 +257,8 @@ class BackboneBase(nn.Module):
     global_tokens: tuple[str, ...] = ()
     default_global_token: str = ""
     temperature: float
+    #: ``"asked"``, or why ``dtype="auto"`` resolved as it did (set by :func:`~tipsomaly_lite.backbones.load_backbone`).
+    dtype_choice: str = "asked"
 
     def __init__(self, *, variant: str, source: str, patch_size: int, native_size: int,
                  image_size: int | None = None, is_offline: bool = False) -> None:
@@ -363,10 +371,24 @@ class BackboneBase(nn.Module):
             ``self``.
         """
         warn_if_slow_bf16(dtype, device)
-        self.to(device=device, dtype=torch.float32)
-        for module in self._vision_modules():
-            module.to(dtype)
+        vision = {id(t) for module in self._vision_modules() for t in (*module.parameters(), *module.buffers())}
+
+        # One pass, each tensor straight to its final device and dtype (no float32 round trip of a
+        # bf16 vision tower), each old tensor released as its copy is made: the peak stays near one model.
+        def convert(t: torch.Tensor) -> torch.Tensor:
+            if not (t.is_floating_point() or t.is_complex()):
+                return t.to(device)
+            return t.to(device=device, dtype=dtype if id(t) in vision else torch.float32)
+
+        self._apply(convert)
         return self
+
+    def attention_path(self) -> str:
+        """How the vision tower computes attention on this device and dtype, and why (for reports).
+
+        The transformers families run transformers' own attention; TIPS says which of its two paths runs.
+        """
+        return "the family's own (transformers)"
 
     def fingerprint(self) -> str:
         """SHA-256 (first 16 hex digits) of :meth:`_fingerprint_header` and *every* weight tensor.
@@ -383,7 +405,8 @@ class BackboneBase(nn.Module):
             ``patch_size``, ``patch_grid`` ``[rows, cols]`` at ``image_size``, ``global_tokens``,
             ``default_global_token``, ``text_width``, ``temperature``, ``scoring_rule`` (its
             :meth:`~tipsomaly_lite.backbones.scoring_rule.ScoringRule.describe`), ``dtype`` (the vision tower's,
-            ``"float32"``/``"bfloat16"``), ``device`` and ``fingerprint``.
+            ``"float32"``/``"bfloat16"``), ``device``, ``dtype_choice`` (``"asked"``, or why ``dtype="auto"``
+            chose it), ``attention`` (:meth:`attention_path`) and ``fingerprint``.
         """
         return {"family": self.family, "class": type(self).__name__, "variant": self.variant,
                 "source": str(self.source), "offline": bool(self.is_offline), "image_size": int(self.image_size),
@@ -392,6 +415,7 @@ class BackboneBase(nn.Module):
                 "text_width": int(self.text_width), "temperature": float(self.temperature),
                 "scoring_rule": self.scoring_rule.describe(),
                 "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
+                "dtype_choice": self.dtype_choice, "attention": self.attention_path(),
                 "fingerprint": self.fingerprint()}
 
     def __repr__(self) -> str:

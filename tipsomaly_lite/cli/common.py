@@ -54,8 +54,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=flags.image_size, default=None,
                    help="input side in px, a multiple of the patch size (default: the family's, 518 for tips)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, as in the notebooks), cpu or cuda")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="the vision tower's dtype; the text tower, scores and maps stay fp32 (default: fp32)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="the vision tower's dtype; the text tower, scores and maps stay fp32; auto = bf16 where "
+                        "the CPU (amx_bf16/avx512_bf16) or GPU has fast bf16, else fp32 (default: fp32, exact)")
     p.add_argument("--batch-size", type=flags.batch, default=8, help="images per step (default: 8)")
     p.add_argument("--prompt-set", default=None,
                    help="fixed prompt set name or .json (default: the --prompts run's set, else industrial; "
@@ -103,6 +104,8 @@ def load_model(args: argparse.Namespace):
     from tipsomaly_lite.eval.report import backbone_line, model_facts
 
     print(backbone_line(model_facts(model)).replace("**", ""))  # family, variant, dtype, scoring rule
+    if args.dtype == "auto":
+        print(f"--dtype auto -> {str(model.dtype).removeprefix('torch.')} ({model.dtype_choice})")
     if model.is_offline:
         print(MEANINGLESS_TAG)
     return model

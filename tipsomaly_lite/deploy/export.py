@@ -5,10 +5,10 @@
 does for one class word as a plain ``nn.Module``: the vision tower, then the text features of that word and
 the learned prompts, which are computed once here and baked into the graph as constants (no text tower,
 no tokenizer in the file). The map's bilinear upsampling and Gaussian smoothing (docs/method.md §2.5) are
-separable and linear, so each axis is one ``(S, g)`` matrix, built by running the method's own
-:func:`~tipsomaly_lite.method.maps.anomaly_map` on the patch grid's unit vectors: the exported map is
-``A_h @ grid @ A_w^T``, two matrix products that every ONNX runtime has, equal to the method's map to
-float rounding. :func:`export_onnx` writes the file atomically and checks it with onnxruntime against
+separable and linear, so each axis is one ``(S, g)`` matrix (the method's own
+:func:`~tipsomaly_lite.method.maps.map_matrices`): the exported map is ``A_h @ grid @ A_w^T``, two matrix
+products that every ONNX runtime has, exactly what ``Detector.predict`` computes. Scores and map follow the
+backbone's scoring rule (SigLIP2's sigmoids), as the detector does. :func:`export_onnx` writes the file atomically and checks it with onnxruntime against
 ``Detector.predict`` before it is kept.
 """
 
@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from tipsomaly_lite.io.atomic import atomic_file
 from tipsomaly_lite.method.detector import Detector
 from tipsomaly_lite.method.fusion import fuse_scores
-from tipsomaly_lite.method.maps import anomaly_map
-from tipsomaly_lite.method.scoring import global_score, patch_probabilities
+from tipsomaly_lite.method.maps import map_matrices
+from tipsomaly_lite.method.scoring import global_score, patch_evidence, patch_probabilities
 
-__all__ = ["ExportedDetector", "map_matrix", "check_class_word", "export_onnx", "run_onnx", "ExportResult",
+__all__ = ["ExportedDetector", "check_class_word", "export_onnx", "run_onnx", "ExportResult",
            "OPSET", "MAX_CLASS_WORD", "require_export_extra"]
 
 #: The ONNX operator set the file is written with (onnxruntime >= 1.17 runs it).
@@ -68,25 +68,6 @@ def require_export_extra() -> None:
                           "'tipsomaly_lite[export]'")
 
 
-def map_matrix(grid: int, size: int, sigma: float) -> Tensor:
-    """``(size, grid)`` matrix of one axis of the anomaly map: bilinear upsampling then Gaussian smoothing.
-
-    Column ``j`` is the method's map of the unit vector ``e_j`` on a ``grid x 1`` patch grid, so for a
-    ``(gh, gw)`` grid ``G``: ``anomaly_map(G) = map_matrix(gh, S, σ) @ G @ map_matrix(gw, S, σ).T``
-    (both steps are separable and linear; a width-1 axis is left unchanged by both).
-
-    Args:
-        grid: patches along the axis (``gh`` or ``gw``).
-        size: output pixels along the axis (``S``).
-        sigma: Gaussian σ in output pixels (0: no smoothing).
-    Returns:
-        ``(size, grid)`` float32.
-    """
-    units = torch.eye(grid, dtype=torch.float32)  # (grid, grid): one patch lit per row
-    columns = anomaly_map(units, (grid, 1), (size, 1), sigma=sigma)  # (grid, size, 1)
-    return columns[:, :, 0].T.contiguous()
-
-
 class ExportedDetector(nn.Module):
     """``Detector.predict`` for one class word, as a module whose only input is the image batch.
 
@@ -105,22 +86,23 @@ class ExportedDetector(nn.Module):
         self.class_word = check_class_word(class_word, "class word")
         self.image_size = int(image_size or model.image_size)
         self.token = detector.token
-        self.temperature = float(model.temperature)
+        self.rule = model.scoring_rule  # softmax (TIPS, CLIP) or SigLIP2's sigmoids, as Detector.predict
         self.global_weight, self.local_weight = detector.global_weight, detector.local_weight
         self.grid = model.patch_grid(self.image_size)
         image_text, pixel_text = detector.text_features([self.class_word])  # (1, 2, D), (2, D) or (1, 2, D)
         self.register_buffer("image_text", image_text.reshape(2, -1).float().detach().clone())
         self.register_buffer("pixel_text", pixel_text.reshape(2, -1).float().detach().clone())
-        self.register_buffer("rows", map_matrix(self.grid[0], self.image_size, detector.sigma))
-        self.register_buffer("cols", map_matrix(self.grid[1], self.image_size, detector.sigma))
+        rows, cols = map_matrices(self.grid, (self.image_size, self.image_size), detector.sigma)
+        self.register_buffer("rows", rows.clone())
+        self.register_buffer("cols", cols.clone())
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         features = self.model.encode_features(image)
         patches = features["patch_tokens"]  # (B, N, D)
-        g = global_score(features[self.token], self.image_text, self.temperature)  # (B,)
-        patch_scores = patch_probabilities(patches, self.pixel_text, self.temperature)[..., 1]  # (B, N)
-        score = fuse_scores(g, patch_scores, self.global_weight, self.local_weight)
-        grid = patch_scores.reshape(-1, self.grid[0], self.grid[1])
+        g = global_score(features[self.token], self.image_text, self.rule)  # (B,)
+        probs = patch_probabilities(patches, self.pixel_text, self.rule)  # (B, N, 2)
+        score = fuse_scores(g, probs[..., 1], self.global_weight, self.local_weight)
+        grid = patch_evidence(probs, self.rule).reshape(-1, self.grid[0], self.grid[1])
         amap = torch.matmul(torch.matmul(self.rows, grid), self.cols.T)  # (B, S, S)
         return score, amap
 

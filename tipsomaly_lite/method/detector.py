@@ -28,7 +28,7 @@ from tipsomaly_lite.method.maps import anomaly_map
 from tipsomaly_lite.method.prompt_learner import PromptLearner
 from tipsomaly_lite.method.prompts import PromptSet, TextFeatureBank, get_prompt_set
 from tipsomaly_lite.method.scoring import global_score, patch_evidence, patch_probabilities
-from tipsomaly_lite.backbones.base import Backbone
+from tipsomaly_lite.backbones.base import Backbone, attention_of
 
 __all__ = ["MODES", "DEFAULT_SIGMA", "Prediction", "Detector"]
 
@@ -175,6 +175,7 @@ class Detector:
                 "torch separable Gaussian, equal to scipy.ndimage.gaussian_filter(mode='reflect', truncate=4)",
                 "global_weight": self.global_weight, "local_weight": self.local_weight,
                 "temperature": self.model.temperature, "scoring_rule": self.model.scoring_rule.describe(),
+                "attention": attention_of(self.model),
                 **({"few_shot": self.references.config()} if self.references is not None else {})}
 
     def __repr__(self) -> str:

@@ -6,13 +6,17 @@ with a Gaussian of σ = 4 pixels. The smoothing is a torch separable equivalent 
 ``scipy.ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=4.0)`` applied to each 2-D
 map: same kernel (radius ``int(4σ + 0.5)``), same half-sample symmetric ("reflect") borders,
 tested against scipy to 1e-5. Doing it in torch keeps the whole pipeline on the GPU and batched
-instead of a numpy round trip per image.
+instead of a numpy round trip per image. :func:`anomaly_map` runs both linear steps as two cached
+matrix products per map (:func:`map_matrices`), equal to :func:`gaussian_blur` after
+:func:`upsample_map` to 1e-6 and about a hundred times faster at 518 px; those two stay as the
+readable steps.
 
 Taught in notebooks/04_learnable_pixel_prompts.ipynb.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -22,7 +26,7 @@ from torch import Tensor
 
 from tipsomaly_lite.backbones.base import Backbone
 
-__all__ = ["anomaly_map", "gaussian_blur", "gaussian_kernel1d"]
+__all__ = ["anomaly_map", "gaussian_blur", "gaussian_kernel1d", "map_matrices"]
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Tensor:
@@ -105,6 +109,77 @@ def gaussian_blur(maps: Tensor, sigma: float = 4.0, truncate: float = 4.0) -> Te
     return x.contiguous().to(out_dtype)
 
 
+def _bilinear_matrix(n_in: int, n_out: int) -> Tensor:
+    """``(n_out, n_in)`` float64 weights of 1-D linear upsampling as ``F.interpolate`` does it
+    (``align_corners=False``: source position ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0 and at the last
+    sample)."""
+    scale = n_in / n_out
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0.0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    hi = (lo + 1).clamp_max(n_in - 1)
+    frac = src - lo.double()
+    out = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    out.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    out.index_put_((rows, hi), frac, accumulate=True)
+    return out
+
+
+def _blur_matrix(length: int, sigma: float, truncate: float) -> Tensor:
+    """``(length, length)`` float64 matrix of :func:`gaussian_blur` along one axis ('reflect' borders)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (x / float(sigma)) ** 2)
+    weights = weights / weights.sum()
+    source = _reflect_index(length, radius, torch.device("cpu"))  # (length + 2r,) padded positions
+    rows = torch.arange(length)[:, None].expand(length, 2 * radius + 1)
+    taps = torch.arange(2 * radius + 1)[None, :] + torch.arange(length)[:, None]  # padded index of each tap
+    out = torch.zeros(length, length, dtype=torch.float64)
+    out.index_put_((rows.reshape(-1), source[taps].reshape(-1)), weights.repeat(length), accumulate=True)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_matrix(n_in: int, n_out: int, sigma: float, truncate: float, dtype: torch.dtype,
+                 device: torch.device) -> Tensor:
+    matrix = _bilinear_matrix(n_in, n_out)
+    if sigma > 0:
+        matrix = _blur_matrix(n_out, sigma, truncate) @ matrix
+    return matrix.to(device=device, dtype=dtype)
+
+
+def map_matrices(grid: tuple[int, int], size: tuple[int, int], sigma: float = 4.0, truncate: float = 4.0, *,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """The anomaly map's two linear steps folded into one matrix per axis: ``A_y (H, gh)`` and ``A_x (W, gw)``.
+
+    Bilinear upsampling and the separable Gaussian are both linear along each axis, so
+    ``gaussian_blur(upsample_map(P, (H, W)))`` equals ``A_y @ P @ A_x^T`` for every patch grid ``P``
+    ``(gh, gw)`` (tested to 1e-6). Built in float64 once per (grid, size, sigma, truncate, dtype,
+    device) and cached.
+
+    Args:
+        grid: ``(gh, gw)`` patch grid.
+        size: ``(H, W)`` output pixels.
+        sigma: Gaussian standard deviation in output pixels; 0 = upsampling only.
+        truncate: kernel radius in standard deviations.
+        dtype, device: of the returned matrices.
+    Returns:
+        ``A_y (H, gh)`` and ``A_x (W, gw)``; read-only (shared by every caller).
+
+    >>> a_y, a_x = map_matrices((37, 37), (518, 518))
+    >>> tuple(a_y.shape), round(float(a_y.sum(dim=1).mean()), 6)   # each output row's weights sum to 1
+    ((518, 37), 1.0)
+    """
+    (gh, gw), (h, w) = (int(v) for v in grid), (int(v) for v in size)
+    if sigma < 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be >= 0 pixels, got {sigma}.")
+    if sigma > 0:
+        gaussian_kernel1d(sigma, truncate)  # the same checks as the blur
+    device = torch.device(device)
+    return (_axis_matrix(gh, h, float(sigma), float(truncate), dtype, device),
+            _axis_matrix(gw, w, float(sigma), float(truncate), dtype, device))
+
+
 def anomaly_map(patch_scores: Tensor, grid: tuple[int, int], image_size: int | tuple[int, int],
                 sigma: float = 4.0) -> Tensor:
     """Patch anomaly probabilities to a smoothed, image-sized anomaly map.
@@ -136,7 +211,14 @@ def anomaly_map(patch_scores: Tensor, grid: tuple[int, int], image_size: int | t
         size = tuple(int(s) for s in image_size)
     if len(size) != 2:
         raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}.")
-    return gaussian_blur(upsample_map(patch_scores.reshape(batch, gh, gw), size), sigma=sigma)
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0 pixels, got {sigma}.")
+    out_dtype = patch_scores.dtype if patch_scores.is_floating_point() else torch.float32
+    work_dtype = torch.promote_types(out_dtype, torch.float32)  # float64 stays float64
+    a_y, a_x = map_matrices((gh, gw), size, sigma, dtype=work_dtype, device=patch_scores.device)
+    # upsample then blur = A_y @ P @ A_x^T: two small matmuls instead of an interpolation and two convolutions.
+    grids = patch_scores.reshape(batch, gh, gw).to(work_dtype)
+    return (a_y @ grids @ a_x.T).to(out_dtype)
 
 
 def upsample_map(values: Tensor, size: tuple[int, int]) -> Tensor:

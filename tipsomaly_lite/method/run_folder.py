@@ -38,7 +38,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
 from tipsomaly_lite import __version__, distributed
-from tipsomaly_lite.backbones.base import Backbone
+from tipsomaly_lite.backbones.base import Backbone, attention_of
 from tipsomaly_lite.io.atomic import LockedError, atomic_file, file_lock
 from tipsomaly_lite.io.jsonfile import read_json
 from tipsomaly_lite.method.prompt_learner import PromptLearner
@@ -278,7 +278,8 @@ def _run_config(model: Backbone, dataset: Any, config: TrainSettings, start: dic
             "scoring_rule": model.scoring_rule.describe(), "tipsomaly_lite": __version__,
             "torch": torch.__version__, "python": platform.python_version(),
             "initial_prompts": _describe_start(start, config.seed),
-            "world_size": distributed.world()[1]}  # processes sharing each batch (may change on resume)
+            "world_size": distributed.world()[1],  # processes sharing each batch (may change on resume)
+            "attention": attention_of(model)}  # chosen per machine (backbones/tips/vision.py); not compared on resume
 
 
 def _check_resumable(run_dir: Path, ours: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from tipsomaly_lite.backbones.tips.checkpoints import (PATCH_SIZE, Architecture,
 from tipsomaly_lite.backbones.tips import registry as tips_registry
 from tipsomaly_lite.backbones.tips.registry import DEFAULT_VARIANT, VARIANTS, fetch_variant, variant_is_cached
 from tipsomaly_lite.backbones.tips.text import TextTower, Tokenizer, trim_padding
-from tipsomaly_lite.backbones.tips.vision import VisionTower
+from tipsomaly_lite.backbones.tips.vision import VisionTower, attention_choice
 
 __all__ = ["TIPS", "load_tips", "load_tips_files", "CPU_IMAGES_PER_PASS"]
 
@@ -177,6 +177,13 @@ class TIPS(BackboneBase):
         img = cls1 if token == "cls1" else cls2
         return F.softmax(img @ self.encode_text(texts, normalize=True).T / self.temperature, dim=-1)
 
+    def attention_path(self) -> str:
+        """Which attention the vision tower runs here and why: ``"sdpa (...)"`` or ``"chunked (...)"``.
+
+        See :func:`~tipsomaly_lite.backbones.tips.vision.attention_choice`; recorded in run and evaluation configs.
+        """
+        return str(attention_choice(self.device, self.dtype))
+
     def _repr_lines(self) -> list[str]:
         a = self.arch
         grid = self.patch_grid()
@@ -185,12 +192,16 @@ class TIPS(BackboneBase):
             f"heads={a.heads}, mlp={'SwiGLU' if a.swiglu else 'GELU'} {a.mlp_hidden},",
             f"text_depth={a.text_depth}, image_size={self.image_size}, patch_grid={grid[0]}x{grid[1]} "
             f"(trained at {a.grid}x{a.grid}), temperature={self.temperature:.5g},",
-            f"dtype={str(self.dtype).removeprefix('torch.')} (vision; text float32), source={self.source}",
+            f"dtype={str(self.dtype).removeprefix('torch.')} (vision; text float32), source={self.source},",
+            f"attention={self.attention_path()}",
         ]
 
 
 def _build(vision_arrays: dict, text_arrays: dict, tokenizer: Tokenizer, *, num_heads: int | None,
-           vision_name: str, text_name: str, **kwargs) -> TIPS:
+           vision_name: str, text_name: str, dtype: torch.dtype = torch.float32, **kwargs) -> TIPS:
+    """Validate the arrays and adopt them into a model built without initialisation; the vision
+    arrays are cast to ``dtype`` one at a time and removed from ``vision_arrays`` (consumed), so that
+    a bf16 load never holds a whole float32 vision tower beside its bf16 copy."""
     text_arrays = canonical_text_names(text_arrays)
     arch = validate_pair({k: v.shape for k, v in vision_arrays.items()},
                          {k: v.shape for k, v in text_arrays.items()},
@@ -205,8 +216,10 @@ def _build(vision_arrays: dict, text_arrays: dict, tokenizer: Tokenizer, *, num_
     # Build on the meta device and adopt the loaded tensors: no second copy of the weights.
     with torch.device("meta"):
         model = TIPS(arch, tokenizer, temperature, **kwargs)
-    model.vision.load_state_dict({k: torch.from_numpy(v) for k, v in vision_arrays.items()}, strict=True,
-                                 assign=True)
+    vision_state = {}
+    for name in list(vision_arrays):
+        vision_state[name] = torch.from_numpy(vision_arrays.pop(name)).to(dtype)  # the float32 array goes here
+    model.vision.load_state_dict(vision_state, strict=True, assign=True)
     model.text.load_state_dict({k: torch.from_numpy(v) for k, v in text_arrays.items()}, strict=True,
                                assign=True)
     return model.eval().requires_grad_(False)
@@ -225,7 +238,7 @@ def load_tips_files(vision: str | os.PathLike, text: str | os.PathLike, tokenize
                   vision_name=str(vision), text_name=str(text))
     model = _build(read_npz(vision), read_npz(text), tok, num_heads=num_heads, vision_name=str(vision),
                    text_name=str(text), variant=variant, source=f"{vision} + {text.name}",
-                   image_size=image_size, is_offline=is_offline)
+                   image_size=image_size, is_offline=is_offline, dtype=dtype)
     return model.place(device, dtype)
 
 
@@ -300,8 +313,9 @@ def _load_hf(spec: str, *, num_heads: int | None, image_size: int | None, device
         raise CheckpointError(f"{weights}: not a readable safetensors file (truncated or corrupt?): "
                               f"{type(exc).__name__}: {detail}") from None
     vision_arrays, text_arrays = hf_to_npz_names(state, where=str(weights))
+    del state  # _build releases each vision array as it casts it
     model = _build(vision_arrays, text_arrays, Tokenizer(tok), num_heads=num_heads, vision_name=str(weights),
-                   text_name=str(weights), variant=spec, source=str(weights), image_size=image_size)
+                   text_name=str(weights), variant=spec, source=str(weights), image_size=image_size, dtype=dtype)
     return model.place(device, dtype)
 
 

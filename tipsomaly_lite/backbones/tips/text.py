@@ -89,6 +89,20 @@ def sinusoidal_positions(length: int, width: int) -> Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+class TokenEmbedding(nn.Embedding):
+    """``nn.Embedding`` that skips its random initialisation on the meta device.
+
+    The loaders build the towers on the meta device and adopt the checkpoint's tensors, so any
+    initialisation there is thrown away; for an embedding it is not even free: ``normal_`` on a meta
+    tensor goes through PyTorch's reference implementation, whose first use imports ``torch._dynamo``
+    (about 1 s of every start-up). On a real device it initialises as ``nn.Embedding`` does.
+    """
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class TextAttention(nn.Module):
     """Bidirectional multi-head attention, padded keys masked, packed ``in_proj`` like ``nn.MultiheadAttention``."""
 
@@ -160,7 +174,7 @@ class TextTower(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
-        self.token_embedding = nn.Embedding(arch.vocab, arch.text_width)
+        self.token_embedding = TokenEmbedding(arch.vocab, arch.text_width)
         self.transformer = Transformer(arch)
         self.ln_final = nn.LayerNorm(arch.text_width, eps=TEXT_LN_EPS)
 

@@ -8,12 +8,18 @@ Taught in notebooks/01_loading_tips.ipynb.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import tipsomaly_lite.backbones.machine as machine
 from tipsomaly_lite.backbones.tips.checkpoints import PATCH_SIZE, Architecture
 
 VISION_LN_EPS = 1e-6
@@ -44,14 +50,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     Returns:
         ``(B, heads, N, head_dim)``, in the inputs' dtype.
 
-    The one switch between two ways of computing the same thing: on the CPU in bf16 the query rows
-    go through :func:`chunked_attention`, everywhere else through ``F.scaled_dot_product_attention``.
-    Why: PyTorch's CPU flash-attention kernel is no faster in bf16 than in fp32 (about 22-26 ms per
-    B/14 layer at 448 px and batch 1 either way on a 2-core AMD EPYC with avx512_bf16), while two
-    plain bf16 matmuls over cache-sized chunks of rows take about half that; on CUDA, SDPA's fused
-    kernels are the fast path. A test checks that the two agree.
+    The one switch between two ways of computing the same thing, chosen per machine by
+    :func:`attention_choice`: ``F.scaled_dot_product_attention``
+    (float32, CUDA, and bf16 on a CPU with AMX, where it runs oneDNN's AMX kernels) or
+    :func:`chunked_attention` (bf16 on a CPU without AMX when a short measurement finds it faster:
+    it was about twice as fast as SDPA on an idle 2-core AMD EPYC with avx512_bf16, but it makes
+    thousands of small calls per image and suffers most when the CPU is shared).
+    ``TIPSOMALY_ATTENTION=sdpa|chunked`` forces one. A test checks that the two agree.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if attention_choice(q.device, q.dtype).path == "chunked":
         return chunked_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -80,6 +87,99 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, rows: int = _CHUNK_ROWS) 
             # A slice assignment, not ``out=``: autograd can follow it (gradients w.r.t. images work).
             out[s:s + slices, r:r + step] = torch.matmul(scores.softmax(dim=-1), vs[s:s + slices])
     return out.view(b, h, n, hd)
+
+
+# --- which of the two paths runs: chosen per machine, once per process ----------------------------
+
+#: Environment variable that forces the CPU bf16 attention path: ``sdpa``, ``chunked`` or ``auto`` (the default).
+ATTENTION_ENV = "TIPSOMALY_ATTENTION"
+ATTENTION_PATHS = ("sdpa", "chunked")
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """Which attention runs and why.
+
+    Attributes:
+        path: ``"sdpa"`` or ``"chunked"``.
+        reason: a sentence for reports (``"amx_bf16: oneDNN's AMX kernels"``, ``"measured: ..."``).
+    """
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
+def _forced() -> str | None:
+    value = os.environ.get(ATTENTION_ENV, "auto").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ATTENTION_PATHS:
+        raise ValueError(f"{ATTENTION_ENV}={value!r}: expected one of {', '.join(ATTENTION_PATHS)} or auto")
+    return value
+
+
+def _ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_choice() -> AttentionChoice:
+    """Time both paths on one B/14 attention call at 448 px (12 heads, 1,026 tokens), interleaved.
+
+    The probe has the real call's shape on purpose: the chunked path's cost is its many small calls,
+    which a smaller probe would not show. Up to 3 rounds after a warm-up; it stops after the first
+    round when one path is more than 1.5x faster (about 0.1 s on an idle 2-core CPU, a few seconds on
+    a crowded one, where the answer matters most).
+    """
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 12, 1026, 64, generator=gen).to(torch.bfloat16) for _ in range(3))
+    paths = {"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+             "chunked": lambda: chunked_attention(q, k, v)}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    with torch.inference_mode():
+        for fn in paths.values():  # warm-up: first calls pay for oneDNN's kernel creation
+            fn()
+        for _ in range(3):  # interleaved, so that a busy machine slows both alike
+            for name, fn in paths.items():
+                times[name].append(_ms(fn))
+            ms = {name: statistics.median(t) for name, t in times.items()}
+            if max(ms.values()) > 1.5 * min(ms.values()):
+                break
+    path = min(ms, key=ms.get)
+    return AttentionChoice(path, f"measured on this CPU without amx_bf16: sdpa {ms['sdpa']:.0f} ms, "
+                                 f"chunked {ms['chunked']:.0f} ms per B/14 attention call")
+
+
+def bf16_attention() -> AttentionChoice:
+    """The attention path for bf16 on this CPU, chosen once per process (why: see :func:`attention`).
+
+    Raises:
+        ValueError: ``TIPSOMALY_ATTENTION`` holds something other than sdpa, chunked or auto.
+    """
+    forced = _forced()
+    if forced:
+        return AttentionChoice(forced, f"forced by {ATTENTION_ENV}")
+    flags = machine.cpu_flags()
+    if flags is not None and "amx_bf16" in flags:
+        return AttentionChoice("sdpa", "amx_bf16: SDPA runs oneDNN's AMX kernels")
+    return _measured_choice()
+
+
+def attention_choice(device: str | torch.device, dtype: torch.dtype) -> AttentionChoice:
+    """The attention the TIPS vision tower runs for tensors on ``device`` in ``dtype``.
+
+    float32 anywhere and every dtype on CUDA: ``sdpa`` (fused kernels); bf16 on the CPU:
+    :func:`bf16_attention` (the only case ``TIPSOMALY_ATTENTION`` changes).
+    """
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype == torch.bfloat16:
+        return bf16_attention()
+    return AttentionChoice("sdpa", f"{str(dtype).removeprefix('torch.')} on {kind}: fused kernels")
 
 
 class Attention(nn.Module):
