@@ -64,6 +64,30 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
 
 
+def subfolders(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The visible sub-folders of ``folder``, sorted (no ``.hidden`` ones, no archivers' ``__MACOSX``)."""
+    return sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith(".") and c.name != "__MACOSX")
+
+
+def find_folder(source: pathlib.Path, predicate: Callable[[pathlib.Path], bool], what: str,
+                max_depth: int = 3) -> pathlib.Path:
+    """The first folder at or below ``source`` (breadth-first, sorted) for which ``predicate`` holds.
+
+    Raises:
+        FileNotFoundError: ``source`` is not a folder.
+        DatasetError: no folder within ``max_depth`` levels holds ``what``.
+    """
+    if not source.is_dir():
+        raise FileNotFoundError(f"--source {source} does not exist or is not a folder.")
+    level = [source]
+    for _ in range(max_depth + 1):
+        for folder in level:
+            if predicate(folder):
+                return folder
+        level = [c for f in level for c in subfolders(f)]
+    raise DatasetError(f"Could not find {what} in {source} (searched {max_depth} levels deep).")
+
+
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
     """Image files directly inside ``folder``, sorted by name; empty if it does not exist."""
     folder = pathlib.Path(folder)

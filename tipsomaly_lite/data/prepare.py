@@ -30,7 +30,8 @@ from tipsomaly_lite.io.archives import extract_archive
 from tipsomaly_lite.io.atomic import atomic_folder
 from tipsomaly_lite.io.guard import check_apart, check_replaceable, write_marker
 from tipsomaly_lite.data.datasets import (
-    DatasetError, _check_relative, _inside, _open, build_meta_from_mvtec_layout, list_images, write_meta,
+    DatasetError, _check_relative, _inside, _open, build_meta_from_mvtec_layout, find_folder, list_images, subfolders,
+    write_meta,
 )
 from tipsomaly_lite.data.prepare_medical import MEDICAL_PREPARERS
 from tipsomaly_lite.data.registry import (DAGM_PROTOCOLS, DATASETS, KSDD_CLASS, KSDD_RANDOM_STATE, KSDD_TEST_SIZE,
@@ -222,29 +223,10 @@ def _image_size(path: pathlib.Path) -> tuple[int, int]:
         return pil.size
 
 
-def _find_dir(source: pathlib.Path, predicate: Callable[[pathlib.Path], bool], what: str,
-              max_depth: int = 3) -> pathlib.Path:
-    """First folder at or below ``source`` (breadth-first, sorted) satisfying ``predicate``."""
-    if not source.is_dir():
-        raise FileNotFoundError(f"--source {source} does not exist or is not a folder.")
-    level = [source]
-    for _ in range(max_depth + 1):
-        for folder in level:
-            if predicate(folder):
-                return folder
-        level = sorted(c for f in level for c in f.iterdir()
-                       if c.is_dir() and not c.name.startswith(".") and c.name != "__MACOSX")
-    raise DatasetError(f"Could not find {what} in {source} (searched {max_depth} levels deep).")
-
-
-def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
-
-
 # ------------------------------------------------------------------------ native layouts
 
 def _prepare_mvtec_like(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[str, Any]:
-    root = _find_dir(source, lambda d: any((c / "test").is_dir() for c in _subdirs(d)),
+    root = find_folder(source, lambda d: any((c / "test").is_dir() for c in subfolders(d)),
                      "an MVTec-like folder (<class>/test/<defect>/...)")
     meta = build_meta_from_mvtec_layout(root)
     for split in ("train", "test"):
@@ -258,7 +240,7 @@ def _prepare_mvtec_like(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> 
 
 
 def _prepare_visa(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[str, Any]:
-    root = _find_dir(source, lambda d: (d / "split_csv" / "1cls.csv").is_file(),
+    root = find_folder(source, lambda d: (d / "split_csv" / "1cls.csv").is_file(),
                      "split_csv/1cls.csv (VisA)")
     csv_path = root / "split_csv" / "1cls.csv"
     with open(csv_path, newline="", encoding="utf-8") as f:
@@ -292,11 +274,11 @@ def _prepare_visa(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[s
 def _prepare_sdd(source: pathlib.Path, writer: _TreeWriter, **_: Any) -> dict[str, Any]:
     from sklearn.model_selection import train_test_split
 
-    root = _find_dir(source, lambda d: any(c.name.lower().startswith("kos") for c in _subdirs(d)),
+    root = find_folder(source, lambda d: any(c.name.lower().startswith("kos") for c in subfolders(d)),
                      "KolektorSDD item folders (kos01/ ...)")
     strips_normal: list[tuple[str, np.ndarray]] = []
     n_images = 0
-    for item in _subdirs(root):
+    for item in subfolders(root):
         if not item.name.lower().startswith("kos"):
             continue
         files = list_images(item)
@@ -373,7 +355,7 @@ def _read_dagm_labels(split_dir: pathlib.Path) -> list[tuple[str, int, str]]:
 def _dagm_samples(class_dir: pathlib.Path,
                   split: str) -> list[tuple[str, pathlib.Path, int, pathlib.Path | None]]:
     """``(split, image, anomaly, mask or None)`` for one DAGM class and split, sorted by name."""
-    split_dir = next((d for d in _subdirs(class_dir) if d.name.lower() == split.lower()), None)
+    split_dir = next((d for d in subfolders(class_dir) if d.name.lower() == split.lower()), None)
     if split_dir is None:
         raise DatasetError(f"DAGM class folder {class_dir} has no {split}/ folder.")
     label_dir = split_dir / "Label"
@@ -405,15 +387,15 @@ def _prepare_dagm(source: pathlib.Path, writer: _TreeWriter, *, protocol: str | 
 
     def is_class(d: pathlib.Path) -> bool:
         return re.fullmatch(r"class\d+", d.name.lower()) is not None and any(
-            c.name.lower() == "test" for c in _subdirs(d))
+            c.name.lower() == "test" for c in subfolders(d))
 
-    _find_dir(source, lambda d: any(is_class(c) for c in _subdirs(d)),
+    find_folder(source, lambda d: any(is_class(c) for c in subfolders(d)),
               "DAGM class folders (Class1/Test/...)")
     # Some copies nest each class one level deeper (Class1/Class1/Test): collect them all.
     found: dict[str, pathlib.Path] = {}
     level = [source]
     for _ in range(4):
-        level = [c for d in level for c in _subdirs(d)]
+        level = [c for d in level for c in subfolders(d)]
         for c in level:
             if is_class(c):
                 if c.name in found:

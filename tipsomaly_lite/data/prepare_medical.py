@@ -24,7 +24,7 @@ import io
 import pathlib
 from typing import Any, Callable
 
-from tipsomaly_lite.data.datasets import DatasetError, list_images
+from tipsomaly_lite.data.datasets import DatasetError, find_folder, list_images, subfolders
 
 __all__ = ["MEDICAL_PREPARERS", "LABELS_CSV_MAX_BYTES", "read_headct_labels"]
 
@@ -32,28 +32,9 @@ __all__ = ["MEDICAL_PREPARERS", "LABELS_CSV_MAX_BYTES", "read_headct_labels"]
 LABELS_CSV_MAX_BYTES = 1 << 20
 
 
-def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(c for c in folder.iterdir()
-                  if c.is_dir() and not c.name.startswith(".") and c.name != "__MACOSX")
-
-
 def _child(folder: pathlib.Path, name: str) -> pathlib.Path | None:
     """The sub-folder of ``folder`` called ``name`` (case-insensitively), or None."""
-    return next((c for c in _subdirs(folder) if c.name.lower() == name.lower()), None)
-
-
-def _search(source: pathlib.Path, predicate: Callable[[pathlib.Path], bool], what: str,
-            max_depth: int = 3) -> pathlib.Path:
-    """The first folder at or below ``source`` (breadth-first, sorted) for which ``predicate`` holds."""
-    if not source.is_dir():
-        raise FileNotFoundError(f"--source {source} does not exist or is not a folder.")
-    level = [source]
-    for _ in range(max_depth + 1):
-        for folder in level:
-            if predicate(folder):
-                return folder
-        level = [c for f in level for c in _subdirs(f)]
-    raise DatasetError(f"Could not find {what} in {source} (searched {max_depth} levels deep).")
+    return next((c for c in subfolders(folder) if c.name.lower() == name.lower()), None)
 
 
 def _by_stem(files: list[pathlib.Path], folder: pathlib.Path, suffix: str = "") -> dict[str, pathlib.Path]:
@@ -114,14 +95,14 @@ def read_headct_labels(path: pathlib.Path) -> dict[int, int]:
 
 
 def _prepare_headct(source: pathlib.Path, writer: Any, **_: Any) -> dict[str, Any]:
-    root = _search(source, lambda d: (d / "labels.csv").is_file(), "HeadCT's labels.csv")
+    root = find_folder(source, lambda d: (d / "labels.csv").is_file(), "HeadCT's labels.csv")
     labels_path = writer.source_file(root / "labels.csv", "Labels file")
     labels = read_headct_labels(labels_path)
 
     def numbered(d: pathlib.Path) -> list[pathlib.Path]:
         return [p for p in list_images(d) if p.stem.isdigit()]
 
-    folder = _search(root, lambda d: bool(numbered(d)), "HeadCT images (NNN.png)")
+    folder = find_folder(root, lambda d: bool(numbered(d)), "HeadCT images (NNN.png)")
     images: dict[int, pathlib.Path] = {}
     for path in numbered(folder):
         if int(path.stem) in images:
@@ -149,11 +130,11 @@ def _prepare_yes_no(source: pathlib.Path, writer: Any, cls: str, defect: str, pr
 
     root = None
     if prefer is not None:  # the published archive holds the labelled folders twice; its named copy wins
-        named = [d for d in [source] + ([c for c in _subdirs(source)] if source.is_dir() else [])
+        named = [d for d in [source] + ([c for c in subfolders(source)] if source.is_dir() else [])
                  if d.name.lower() == prefer.lower() and has_both(d)]
         root = named[0] if named else None
-    root = root or _search(source, has_both, "yes/ and no/ folders")
-    left_out = [c.name + "/" for c in _subdirs(root) if c.name.lower() not in ("yes", "no")]
+    root = root or find_folder(source, has_both, "yes/ and no/ folders")
+    left_out = [c.name + "/" for c in subfolders(root) if c.name.lower() not in ("yes", "no")]
     for folder_name, anomaly in (("no", 0), ("yes", 1)):
         folder = _child(root, folder_name)
         files = list_images(folder)
@@ -199,7 +180,7 @@ def _prepare_pairs(writer: Any, cls: str, defect: str, images_dir: pathlib.Path,
 
 def _prepare_isic(source: pathlib.Path, writer: Any, **_: Any) -> dict[str, Any]:
     names = ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth")
-    root = _search(source, lambda d: all(_child(d, n) is not None for n in names), f"{names[0]}/ and {names[1]}/")
+    root = find_folder(source, lambda d: all(_child(d, n) is not None for n in names), f"{names[0]}/ and {names[1]}/")
     return _prepare_pairs(writer, "isic", "lesion", _child(root, names[0]), _child(root, names[1]),
                           mask_suffix="_Segmentation")
 
@@ -208,13 +189,13 @@ def _pranet(folder_name: str, cls: str) -> Callable[..., dict[str, Any]]:
     def prepare(source: pathlib.Path, writer: Any, **_: Any) -> dict[str, Any]:
         def is_set(d: pathlib.Path) -> bool:
             return d.name.lower() == folder_name.lower() and all(_child(d, n) for n in ("images", "masks"))
-        root = _search(source, is_set, f"{folder_name}/images/ and {folder_name}/masks/ (PraNet's TestDataset)")
+        root = find_folder(source, is_set, f"{folder_name}/images/ and {folder_name}/masks/ (PraNet's TestDataset)")
         return _prepare_pairs(writer, cls, "polyp", _child(root, "images"), _child(root, "masks"))
     return prepare
 
 
 def _prepare_tn3k(source: pathlib.Path, writer: Any, **_: Any) -> dict[str, Any]:
-    root = _search(source, lambda d: all(_child(d, n) for n in ("test-image", "test-mask")),
+    root = find_folder(source, lambda d: all(_child(d, n) for n in ("test-image", "test-mask")),
                    "TN3K's test-image/ and test-mask/")
     return _prepare_pairs(writer, "tn3k", "nodule", _child(root, "test-image"), _child(root, "test-mask"))
 
