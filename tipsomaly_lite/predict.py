@@ -115,18 +115,39 @@ def overlay_names(files: list[Path], specs: list[str]) -> dict[Path, Path]:
     return names
 
 
-def _draw(original: Any, amap: Any, title: str, score_title: str, target: Path) -> None:
-    """The photo beside its anomaly map (probabilities on a fixed [0, 1] scale), written atomically."""
+#: Characters per title line over one 3-inch panel at the course's 9-pt font.
+_TITLE_CHARS = 34
+
+
+def _overlay_figure(original: Any, amap: Any, title: str, score_title: str) -> Any:
+    """The photo ``(3, H, W)`` beside its anomaly map ``(H, W)`` (probabilities on a fixed [0, 1] scale).
+
+    Long titles (a score and the offline tag, say) are wrapped to the panel's width, and the
+    constrained layout makes room for them and for the colour bar, so no title is cut off.
+    """
+    import textwrap
+
     from matplotlib import pyplot as plt
 
-    from tipsomaly_lite.course.viz import overlay_anomaly_map
+    from tipsomaly_lite.course.viz import overlay_anomaly_map, set_style
 
-    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
+    def wrap(text: str) -> str:
+        return "\n".join(textwrap.fill(line, _TITLE_CHARS) for line in text.splitlines() or [""])
+
+    set_style()  # before the figure, so both panels' titles get the same font
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3.3), layout="constrained")
     axes[0].imshow(original.permute(1, 2, 0).numpy())
-    axes[0].set_title(title)
+    axes[0].set_title(wrap(title))
     axes[0].axis("off")
-    overlay_anomaly_map(original, amap, ax=axes[1], title=score_title, vmin=0.0, vmax=1.0, colorbar=True)
-    fig.tight_layout()
+    overlay_anomaly_map(original, amap, ax=axes[1], title=wrap(score_title), vmin=0.0, vmax=1.0, colorbar=True)
+    return fig
+
+
+def _draw(original: Any, amap: Any, title: str, score_title: str, target: Path) -> None:
+    """:func:`_overlay_figure`, written atomically to ``target`` (PNG)."""
+    from matplotlib import pyplot as plt
+
+    fig = _overlay_figure(original, amap, title, score_title)
     with atomic_file(target) as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
