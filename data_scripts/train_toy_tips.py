@@ -55,7 +55,7 @@ from tipsomaly_lite.method.prompts import SIMILARITY_PROMPTS, text_features
 #: the course's seeds 0 and 1, this one ``[TRAIN_SEED, class, i]``.
 TRAIN_SEED = 2026
 #: Training images per toy class (half of them with a defect).
-IMAGES_PER_CLASS = 48
+IMAGES_PER_CLASS = 96
 #: Input sides trained on, in turn (112 px is the smallest course size; others are interpolated).
 SIZES = (112, 224)
 STEPS = 2500
@@ -67,9 +67,11 @@ OTHER_WORDS = ("object", "bottle", "metal nut", "screw", "cable", "tile", "leath
                "capsule", "hazelnut")
 #: The prompt vocabularies trained against (besides notebook 02's similarity pair).
 VOCABULARIES = ("industrial", "industrial_v0", "object_agnostic")
+#: Weight of the CLS tokens' image-label cross-entropy beside the segmentation loss.
+GLOBAL_WEIGHT = 0.25
 
 
-def training_pool(images_per_class: int = IMAGES_PER_CLASS, seed: int = TRAIN_SEED,
+def training_pool(images_per_class: int | None = None, seed: int = TRAIN_SEED,
                   image_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Toy images from the generator's training seed stream.
 
@@ -80,7 +82,7 @@ def training_pool(images_per_class: int = IMAGES_PER_CLASS, seed: int = TRAIN_SE
     """
     images, masks, words = [], [], []
     for c, cls in enumerate(TOY_CLASSES):
-        for i in range(images_per_class):
+        for i in range(IMAGES_PER_CLASS if images_per_class is None else images_per_class):
             rng = np.random.default_rng([seed, c, i])
             kinds = CLASS_DEFECTS[cls]  # the kinds the generator paints on this class
             defect = None if i % 2 == 0 else kinds[int(rng.integers(len(kinds)))]
@@ -117,8 +119,8 @@ def toy_loss(model: TIPS, images: torch.Tensor, masks: torch.Tensor,
         parts = {"segmentation": segmentation_loss(probs, masks),
                  "global_ce": sum(F.cross_entropy(torch.einsum("bd,bkd->bk", cls_tokens[:, i], text)
                                                   / model.temperature, labels) for i in range(2))}
+        total = total + parts["segmentation"] + GLOBAL_WEIGHT * parts["global_ce"]
         for name, value in parts.items():
-            total = total + value
             terms[name] += float(value)
     return total, terms
 
