@@ -121,7 +121,7 @@ def toy_loss(model: TIPS, images: torch.Tensor, masks: torch.Tensor,
                                                   / model.temperature, labels) for i in range(2))}
         total = total + parts["segmentation"] + GLOBAL_WEIGHT * parts["global_ce"]
         for name, value in parts.items():
-            terms[name] += float(value)
+            terms[name] += float(value.detach())
     return total, terms
 
 

@@ -112,7 +112,7 @@ def test_training_images_are_never_the_toy_test_images(tmp_path):
 
 @pytest.mark.slow
 def test_the_training_script_reproduces_the_packaged_weights():
-    """Minutes on 2 cores: retrain (one thread, seeded) and compare with the shipped file, array by array."""
+    """About 2.5 minutes on 2 quiet cores: retrain (one thread, seeded) and compare with the shipped file, array by array."""
     script = _script()
     vision, text, tokenizer = script.train_toy_tips(log_every=0)
     shipped_v, shipped_t, shipped_tok = read_toy_weights()
