@@ -183,7 +183,11 @@ def test_load_and_describe(models, family):
     assert d["dtype"] == "float32" and d["offline"] is True and d["fingerprint"] == model.fingerprint()
     assert d["patch_grid"] == list(model.patch_grid()) and d["text_width"] == model.text_width
     assert set(d) >= {"source", "global_tokens", "default_global_token", "temperature", "device"}
-    assert "TINY RANDOM WEIGHTS" in repr(model) and repr(model).startswith(type(model).__name__ + "(variant='tiny'")
+    # Loud in every family: random tiny models say so, the toy TIPS says it is a toy (backbones/tips/tiny.py).
+    banner = model.offline_banner
+    assert banner in repr(model) and "TINY" in banner and "meaningless" in banner
+    assert ("TOY MODEL" if family == "tips" else "TINY RANDOM WEIGHTS") in banner
+    assert repr(model).startswith(type(model).__name__ + "(variant='tiny'")
     # An explicit image_size wins over the family's default.
     side = 2 * model.patch_size * (4 if family != FAKE else 2)
     assert _load(family, image_size=side).image_size == side

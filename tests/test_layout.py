@@ -243,6 +243,7 @@ def test_the_wheel_holds_the_package_and_no_test_code(tmp_path):
     for sub in SUBPACKAGES:
         assert f"tipsomaly_lite/{sub}/__init__.py" in code, sub
     assert all(n.startswith("tipsomaly_lite/") for n in code), [n for n in code if not n.startswith("tipsomaly_lite/")]
+    assert "tipsomaly_lite/backbones/tips/tiny_toy.npz" in names  # the offline toy model ships as package data
     for test_only in ("native", "reference", "fixtures", "conftest", "helpers", "with_depth"):
         assert not [n for n in code if test_only in n], test_only
     packaged = "".join(zipfile.ZipFile(wheel).read(n).decode() for n in code)

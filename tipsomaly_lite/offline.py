@@ -1,8 +1,9 @@
 """The offline mode's switch and its loud notices, and the package's one warning helper.
 
-The offline mode runs everything on a tiny backbone with random weights
-(:mod:`tipsomaly_lite.backbones.tips.tiny`) and generated toy data, in CI and on a laptop
-without downloads. Its numbers are meaningless; every use says so with the texts below.
+The offline mode runs everything on a tiny backbone (:mod:`tipsomaly_lite.backbones.tips.tiny`: a toy
+TIPS trained for minutes on drawn toy defects; CLIP and SigLIP2 with random weights) and generated toy
+data, in CI and on a laptop without downloads. Its numbers are meaningless; every use says so with
+the texts below.
 
 ``TIPSOMALY_OFFLINE=1`` forces it: ``load_tips("l14-hr")`` then returns the tiny model.
 
@@ -17,20 +18,21 @@ import warnings
 
 OFFLINE_ENV = "TIPSOMALY_OFFLINE"
 
-#: The banner, shown once per process (the first time the tiny random model is loaded).
+#: The banner, shown once per process (the first time a tiny offline model is loaded).
 MEANINGLESS = (
     "\n" + "!" * 78 + "\n"
-    "OFFLINE MODE: tiny model with RANDOM weights. Every score, map and metric it produces is\n"
-    "MEANINGLESS; it only shows that the code runs.\n" + "!" * 78)
+    "OFFLINE MODE: a tiny TOY model (TIPS: trained for minutes on drawn toy defects; CLIP and\n"
+    "SigLIP2: random weights). Every score, map and metric it produces is MEANINGLESS: it says\n"
+    "nothing about TIPS or real images, it only shows that the code runs.\n" + "!" * 78)
 #: The same warning as one Markdown line, for result tables.
-MEANINGLESS_MARKDOWN = ("**OFFLINE MODE: tiny TIPS with random weights. These numbers are MEANINGLESS; they only "
-                        "show that the pipeline runs.**")
+MEANINGLESS_MARKDOWN = ("**OFFLINE MODE: a tiny toy model trained on drawn toy defects. These numbers are MEANINGLESS; "
+                        "they say nothing about TIPS and only show that the pipeline runs.**")
 #: The same warning as a short tag, for figure titles (viz draws titles containing it in red).
-MEANINGLESS_TAG = "OFFLINE TINY RANDOM MODEL: MEANINGLESS"
+MEANINGLESS_TAG = "OFFLINE TINY TOY MODEL: MEANINGLESS"
 
 
 class MeaninglessResultsWarning(UserWarning):
-    """Raised (as a warning) whenever the tiny random model is used.
+    """Raised (as a warning) whenever a tiny offline model is used.
 
     Taught in notebooks/00_setup.ipynb.
     """
@@ -64,11 +66,11 @@ _announced = False
 
 
 def warn_meaningless() -> None:
-    """Warn, at the caller's line, that the tiny random model is in use: the full banner once per
+    """Warn, at the caller's line, that a tiny offline model is in use: the full banner once per
     process, a one-line reminder after that (always as a :class:`MeaninglessResultsWarning`)."""
     global _announced
     if _announced:
-        warn_caller(f"{MEANINGLESS_TAG} (the tiny random model again)", MeaninglessResultsWarning)
+        warn_caller(f"{MEANINGLESS_TAG} (the tiny offline model again)", MeaninglessResultsWarning)
         return
     _announced = True
     warn_caller(f"{MEANINGLESS}\n{how_to_get_real_weights()}", MeaninglessResultsWarning)

@@ -36,7 +36,7 @@ def load_backbone(variant: str | None = None, *, family: str | None = None, **kw
 
     Args:
         variant: which checkpoint of the family: TIPS ``"l14-hr"``, ``"v2-b14"``..., CLIP ``"l14-336"``,
-            SigLIP2 ``"so400m-256"``..., ``"tiny"`` (offline, random) or ``"hf:<hub id or local folder>"``;
+            SigLIP2 ``"so400m-256"``..., ``"tiny"`` (offline: a toy model) or ``"hf:<hub id or local folder>"``;
             the family's default variant when None.
         family: a registered family (:data:`FAMILIES`: ``"tips"``, ``"clip"``, ``"siglip2"``...); when
             omitted, read from an ``hf:`` spec that names a CLIP/SigLIP checkpoint, else ``"tips"``.

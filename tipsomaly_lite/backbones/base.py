@@ -259,6 +259,8 @@ class BackboneBase(nn.Module):
     temperature: float
     #: ``"asked"``, or why ``dtype="auto"`` resolved as it did (set by :func:`~tipsomaly_lite.backbones.load_backbone`).
     dtype_choice: str = "asked"
+    #: The line under an offline model's repr (a family whose tiny model is not random says what it is).
+    offline_banner: str = OFFLINE_BANNER
 
     def __init__(self, *, variant: str, source: str, patch_size: int, native_size: int,
                  image_size: int | None = None, is_offline: bool = False) -> None:
@@ -421,4 +423,4 @@ class BackboneBase(nn.Module):
     def __repr__(self) -> str:
         lines = self._repr_lines()
         text = f"{type(self).__name__}(" + "\n     ".join(lines) + ")"
-        return text + ("\n     " + OFFLINE_BANNER if self.is_offline else "")
+        return text + ("\n     " + self.offline_banner if self.is_offline else "")

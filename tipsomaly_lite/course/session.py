@@ -1,7 +1,7 @@
 """What every notebook of the course starts with: the model, the data, the seed and the device.
 
 :func:`start` decides the mode once. *Real* mode loads TIPS and
-reads the prepared benchmark datasets. *Offline* mode loads the tiny random TIPS and generated
+reads the prepared benchmark datasets. *Offline* mode loads the tiny toy TIPS and generated
 toy datasets, and says loudly that its numbers are meaningless. Offline is chosen when
 ``TIPSOMALY_OFFLINE=1`` (CI forces it), when the notebook asks for it, or automatically when
 the weights are neither cached nor downloadable.
@@ -137,7 +137,7 @@ class Course:
     """The shared state of a notebook: model, data, seed, device and mode.
 
     Attributes:
-        model: the loaded TIPS (tiny and random in offline mode).
+        model: the loaded TIPS (a tiny toy model in offline mode).
         offline: True when numbers are meaningless (tiny model).
         device: where the model runs.
         seed: the seed every notebook starts from.
@@ -249,7 +249,7 @@ class Course:
         return result.prompts(), str(run)
 
     def __repr__(self) -> str:
-        mode = "OFFLINE (tiny random TIPS, toy data)" if self.offline else "real"
+        mode = "OFFLINE (tiny toy TIPS, toy data)" if self.offline else "real"
         lines = [f"Course(mode={mode}, device={self.device}, seed={self.seed}, image_size={self.image_size},",
                  f"       test={self.test_key} at {self.test_root},",
                  f"       auxiliary={self.aux_key} at {self.aux_root})",

@@ -146,6 +146,10 @@ class Threshold:
         return path
 
 
+#: Characters per title line over one 3-inch panel at the course's 9-pt font.
+_TITLE_CHARS = 34
+
+
 def draw_decision(original: Any, amap: Any, title: str, score_title: str, threshold: Threshold | None = None) -> Any:
     """The photo beside its anomaly map on the folder's one colour scale, the pixel threshold as a contour.
 
@@ -158,21 +162,26 @@ def draw_decision(original: Any, amap: Any, title: str, score_title: str, thresh
         The matplotlib figure (the caller saves or shows and closes it).
     Taught in notebooks/07_your_own_images.ipynb.
     """
+    import textwrap
+
     from matplotlib import pyplot as plt
 
-    from tipsomaly_lite.course.viz import overlay_anomaly_map
+    from tipsomaly_lite.course.viz import overlay_anomaly_map, set_style
+
+    def wrap(text: str) -> str:  # long titles (a score and the offline tag) wrap to the panel, never cut
+        return "\n".join(textwrap.fill(line, _TITLE_CHARS) for line in text.splitlines() or [""])
 
     low, high = threshold.colour_scale if threshold is not None else (0.0, 1.0)
-    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3))
+    set_style()  # before the figure, so both panels' titles get the same font
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3.3), layout="constrained")  # room for titles and colour bar
     axes[0].imshow(original.permute(1, 2, 0).numpy())
-    axes[0].set_title(title)
+    axes[0].set_title(wrap(title))
     axes[0].axis("off")
-    overlay_anomaly_map(original, amap, ax=axes[1], title=score_title, vmin=low, vmax=high, colorbar=True)
+    overlay_anomaly_map(original, amap, ax=axes[1], title=wrap(score_title), vmin=low, vmax=high, colorbar=True)
     if threshold is not None and threshold.pixel_threshold is not None:
         values = amap.detach().cpu().numpy()
         if values.min() < threshold.pixel_threshold < values.max():  # a contour needs both sides present
             axes[1].contour(values, levels=[threshold.pixel_threshold], colors="white", linewidths=1.2)
-    fig.tight_layout()
     return fig
 
 

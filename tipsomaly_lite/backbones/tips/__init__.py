@@ -5,5 +5,5 @@
 - :mod:`.text`: the SentencePiece tokenizer and the text tower.
 - :mod:`.registry`: the public variants on the TIPS bucket and the download cache.
 - :mod:`.model`: :class:`~tipsomaly_lite.backbones.tips.model.TIPS` and :func:`~tipsomaly_lite.backbones.tips.model.load_tips`.
-- :mod:`.tiny`: the tiny random model of the offline mode.
+- :mod:`.tiny`: the tiny toy model of the offline mode (trained on drawn toy defects, shipped as a file).
 """

@@ -3,7 +3,7 @@
     model = load_tips("l14-hr")                       # official npz, downloaded once into the cache
     model = load_tips(vision="v.npz", text="t.npz", tokenizer="tokenizer.model")
     model = load_tips("hf:google/tipsv2-b14")         # HuggingFace hub safetensors
-    model = load_tips("tiny")                         # offline: random weights, meaningless outputs
+    model = load_tips("tiny")                         # offline: a toy model, meaningless outputs
 
 Taught in notebooks/01_loading_tips.ipynb.
 """
@@ -56,7 +56,7 @@ class TIPS(BackboneBase):
         image_size: default input side for :meth:`preprocess` (a multiple of 14); the checkpoint's
             native size (448) unless asked otherwise.
         patch_size: 14. TIPS takes RGB in [0, 1] as it is (no mean/std).
-        is_offline: True for the tiny random model, whose outputs are meaningless.
+        is_offline: True for the tiny toy model, whose outputs are meaningless.
     Implements :class:`~tipsomaly_lite.backbones.base.Backbone` (device, dtype, patch grid,
     preprocessing, batched text, fingerprint and ``describe`` come from
     :class:`~tipsomaly_lite.backbones.base.BackboneBase`): the method uses only that seam;
@@ -71,6 +71,8 @@ class TIPS(BackboneBase):
     global_tokens = ("cls1", "cls2")
     #: Which one the paper's table uses is unverified; the retrieval token is the default.
     default_global_token = "cls1"
+    #: The offline tiny TIPS is not random: it was trained on drawn toy defects (backbones/tips/tiny.py).
+    offline_banner = "!! TINY TOY MODEL (trained on drawn toy defects): outputs are meaningless, they say nothing about TIPS (offline mode) !!"
 
     def __init__(self, arch: Architecture, tokenizer: Tokenizer, temperature: float, *, variant: str = "custom",
                  source: str = "random init", image_size: int | None = None, is_offline: bool = False) -> None:
@@ -337,7 +339,7 @@ def load_tips(name: str | None = None, *, vision: str | os.PathLike | None = Non
 
     Args:
         name: a registry variant (``"l14-hr"``, ``"v2-b14"``... see :data:`VARIANTS`), ``"tiny"``
-            (offline, random), or ``"hf:<repo or folder>"``. Ignored when ``vision``/``text`` are given.
+            (offline: a tiny toy model trained on drawn toy defects), or ``"hf:<repo or folder>"``. Ignored when ``vision``/``text`` are given.
         vision, text, tokenizer: explicit file paths (official npz layout + SentencePiece model).
         num_heads: needed only for widths outside the public table.
         image_size: default input side for ``model.preprocess`` (multiple of 14); the variant's

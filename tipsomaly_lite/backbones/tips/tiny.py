@@ -1,20 +1,28 @@
-"""The tiny TIPS of the offline mode: random weights and a SentencePiece model trained on the fly.
+"""The tiny TIPS of the offline mode: a toy model, in the real npz layout, loaded by the real loader.
 
-The files are written in the real npz layout and loaded by the same loader as the real
-checkpoints, so the offline mode exercises the real code path. Its outputs are meaningless.
+Width 64, two blocks per tower. Its weights ship with the package (``tiny_toy.npz``, about
+0.7 MB): the seeded random arrays of :func:`random_tips_arrays`, then trained for a few CPU
+minutes on synthetic defects drawn by the toy generator (never its test images) so that patch
+tokens of painted defects lie nearer the "damaged ..." prompts. ``data_scripts/train_toy_tips.py``
+reproduces the file. So the offline figures show where the *toy* defects are; the model has
+learned nothing about real images, and its numbers say nothing about TIPS. :func:`random_tips_arrays`
+and :func:`train_tiny_tokenizer` stay for tests and benchmarks that need random models.
 
 Taught in notebooks/00_setup.ipynb.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from tipsomaly_lite.backbones.tips.checkpoints import Architecture, text_layout, vision_layout, write_npz
+from tipsomaly_lite.backbones.tips.checkpoints import (Architecture, CheckpointError, text_layout, vision_layout,
+                                                      write_npz)
 from tipsomaly_lite.io.atomic import atomic_file
 
 TINY_SEED = 0
@@ -22,6 +30,8 @@ TINY_VOCAB = 320
 # Width 64 with 4 heads (see checkpoints.HEADS_BY_WIDTH), grid 32 = 448 px like the real models.
 TINY_ARCH = Architecture(width=64, depth=2, mlp_hidden=256, swiglu=False, grid=32, heads=4,
                          text_width=64, text_depth=2, text_mlp=256, vocab=TINY_VOCAB)
+#: The packaged toy weights (written by data_scripts/train_toy_tips.py).
+TOY_WEIGHTS = Path(__file__).with_name("tiny_toy.npz")
 
 
 # A small corpus for the tiny tokenizer: the words the course's prompts use.
@@ -86,8 +96,31 @@ def random_tips_arrays(arch: Architecture, seed: int = TINY_SEED) -> tuple[dict,
     return fill(vision_layout(arch)), fill(text_layout(arch))
 
 
+def read_toy_weights(path: str | os.PathLike = TOY_WEIGHTS) -> tuple[dict, dict, bytes]:
+    """The packaged toy model: ``(vision arrays, text arrays, SentencePiece model bytes)``, arrays float32.
+
+    Raises:
+        CheckpointError: the file is missing or not the layout :data:`TOY_WEIGHTS` has.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: the offline toy model's weights are missing or unreadable "
+                              f"({type(exc).__name__}: {exc}); reinstall tipsomaly_lite") from None
+    if "tokenizer" not in arrays or arrays["tokenizer"].dtype != np.uint8:
+        raise CheckpointError(f"{path}: expected a uint8 'tokenizer' array beside vision/ and text/ arrays")
+    vision = {k.removeprefix("vision/"): v.astype(np.float32) for k, v in arrays.items() if k.startswith("vision/")}
+    text = {k.removeprefix("text/"): v.astype(np.float32) for k, v in arrays.items() if k.startswith("text/")}
+    return vision, text, arrays["tokenizer"].tobytes()
+
+
 def tiny_files(home: str | os.PathLike | None = None) -> tuple[Path, Path, Path]:
-    """Paths of the tiny (vision npz, text npz, tokenizer), created deterministically if missing.
+    """Paths of the tiny toy model's (vision npz, text npz, tokenizer), written from the packaged file if missing.
+
+    They live in ``<home>/tiny/toy-<first 12 hex digits of the packaged file's SHA-256>/``, so a
+    new release of the weights never meets files written from an older one.
 
     Taught in notebooks/00_setup.ipynb.
     """
@@ -95,13 +128,14 @@ def tiny_files(home: str | os.PathLike | None = None) -> tuple[Path, Path, Path]
         from tipsomaly_lite.io.download import cache_dir
 
         home = cache_dir()
-    folder = Path(home) / "tiny"
+    digest = hashlib.sha256(TOY_WEIGHTS.read_bytes()).hexdigest()[:12] if TOY_WEIGHTS.is_file() else "missing"
+    folder = Path(home) / "tiny" / f"toy-{digest}"
     vision, text, tok = (folder / "tips_tiny_vision.npz", folder / "tips_tiny_text.npz",
                          folder / "tokenizer_tiny.model")
-    if not (vision.is_file() and text.is_file()):
-        v, t = random_tips_arrays(TINY_ARCH)
+    if not (vision.is_file() and text.is_file() and tok.is_file()):
+        v, t, tokenizer = read_toy_weights()
         write_npz(text, t)
         write_npz(vision, v)
-    if not tok.is_file():
-        train_tiny_tokenizer(tok)
+        with atomic_file(tok) as fh:
+            fh.write(tokenizer)
     return vision, text, tok
