@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if staging is not None:
             staging.cleanup()
-    mode = "real mode" if args.real else "OFFLINE mode: tiny random TIPS and toy data, every number is MEANINGLESS"
+    mode = "real mode" if args.real else "OFFLINE mode: tiny toy TIPS and toy data, every number is MEANINGLESS"
     _write_atomic(out / "index.html", polish_page(index_html(rows, mode, args.student)))
     print(f"\n{len(rows)} notebooks in {total:.0f} s; open {out / 'index.html'}")
     return 0

@@ -125,7 +125,7 @@ class Backbone(Protocol):
             :mod:`tipsomaly_lite.backbones.registry`).
         variant: which checkpoint (``"l14-hr"``, ``"tiny"``, a hub id).
         source: where the weights came from (paths or hub id), for result configs.
-        is_offline: True for a tiny random model whose outputs are meaningless.
+        is_offline: True for a tiny offline model (toy or random weights) whose outputs are meaningless.
         image_size: default input side ``S`` in pixels for :meth:`preprocess` (datasets, the course
             and the CLI ask the loaded model for it).
         global_tokens: names of the global (image-level) tokens :meth:`encode_features` returns,
@@ -208,7 +208,7 @@ class Backbone(Protocol):
         ...
 
 
-#: Printed under a tiny random model's repr.
+#: Printed under a tiny offline model's repr.
 OFFLINE_BANNER = "!! TINY RANDOM WEIGHTS: outputs are meaningless (offline mode) !!"
 
 

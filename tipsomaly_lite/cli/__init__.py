@@ -14,7 +14,7 @@
 - ``app``: a web page (Gradio) to try the detector on uploaded photos.
 - ``grade``: run a class's notebooks offline and write what each exercise's self-check said (a CSV).
 
-All of them run offline on the tiny random model (``TIPSOMALY_OFFLINE=1``), with a warning that
+All of them run offline on the tiny offline model, a toy TIPS (``TIPSOMALY_OFFLINE=1``), with a warning that
 the numbers are meaningless.
 
 ``train``, ``evaluate`` and ``benchmark`` also run on several processes started by ``torchrun``

@@ -39,7 +39,7 @@ class DemoResult:
         figure: path of the PNG.
         probabilities: ``(B, 2)`` image-level (normal, damaged) probabilities from the first CLS.
         maps: ``(B, 2, gh, gw)`` patch-text cosine similarities before upsampling.
-        offline: True when the tiny random model was used (numbers meaningless).
+        offline: True when the tiny offline model was used (numbers meaningless).
     """
 
     figure: Path

@@ -206,7 +206,7 @@ class DemoSession:
                 answer.rows.append({"name": name, "image_score": f"{score:.4f}", "decision": decision})
         lines = []
         if model.is_offline:
-            lines += [f"**⚠ {MEANINGLESS_TAG}**: the tiny random model stands in; these scores and maps mean "
+            lines += [f"**⚠ {MEANINGLESS_TAG}**: the tiny offline model stands in; these scores and maps mean "
                       "nothing.", ""]
         lines += [f"**{model.family}** `{model.variant}`, pixel prompts: {detector.prompts_source}, class word "
                   f"**{word}**; {how}.", "", "| photo | image score (0-2) | decision |", "|---|---|---|"]
