@@ -232,8 +232,8 @@ class DemoSession:
                 f"{model.image_size} px.</p>")
         if model.is_offline:
             text += (f"<p style='color:#d00000;font-size:1.3em'><b style='color:#d00000'>⚠ {MEANINGLESS_TAG}</b>: "
-                     "random weights stand in "
-                     "for the real model; every score and map below is meaningless.</p>")
+                     "a tiny offline model (toy or random weights) stands in for the real one; every score and map "
+                     "below is meaningless.</p>")
         return text
 
 
