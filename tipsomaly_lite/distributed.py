@@ -123,11 +123,27 @@ def init_from_env(device: str = "auto") -> torch.device:
     return _device()
 
 
+#: How long the processes wait for each other at the end of a run before leaving anyway (seconds).
+LEAVE_SECONDS = 60.0
+
+
 def shutdown() -> None:
-    """Leave the process group (at the end of a run), if this process joined one."""
+    """Leave the process group (at the end of a run), if this process joined one.
+
+    Under gloo the processes first meet at a barrier with a time limit, so no process tears its
+    connections down while another still uses them (which aborted a process now and then); a peer that
+    is gone already does not hold the others longer than :data:`LEAVE_SECONDS`.
+    """
+    import datetime
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=LEAVE_SECONDS))
+            except RuntimeError:  # a peer left or failed first: leave anyway
+                pass
         dist.destroy_process_group()
 
 
