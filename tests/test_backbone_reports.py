@@ -55,6 +55,7 @@ def test_the_paper_numbers_stand_only_beside_a_backbone_the_paper_reports():
 
 def test_the_offline_banner_names_the_tiny_models_family_and_old_results_still_read():
     assert "tiny CLIP with random weights" in meaningless_line({"backbone": "clip"})
+    assert "tiny TIPS a toy model" in meaningless_line({"backbone": "tips"})  # the offline TIPS is the toy one
     offline_clip = _result({**SIGLIP2, "backbone": "clip", "offline_model": True, "variant": "tiny"})
     md = offline_clip.to_markdown(paper=True)
     assert "tiny CLIP with random weights" in md and "tiny TIPS" not in md and "MEANINGLESS" in md
@@ -106,3 +107,12 @@ def test_prompts_trained_under_another_scoring_rule_are_refused(toy_root, tmp_pa
         assert "the scoring rule: 'softmax' then, 'sigmoid' now" in capsys.readouterr().err
         assert main(["evaluate", *common, "--prompts", str(run), "--out", str(tmp_path / "ev")]) == 2
         assert "the scoring rule: 'softmax' then, 'sigmoid' now" in capsys.readouterr().err
+
+
+def test_the_few_shot_table_names_the_backbone_and_the_offline_model_as_every_table_does():
+    from tipsomaly_lite.eval.seeds import seeds_table
+
+    offline_clip = {**SIGLIP2, "backbone": "clip", "offline_model": True, "variant": "tiny"}
+    table = seeds_table({"mvtec": [_result(offline_clip), _result(offline_clip)]}, 2, [0, 1])
+    assert "**Backbone:** CLIP `tiny`" in table and "tiny CLIP with random weights" in table
+    assert "2-shot: mean ± std over 2 draws" in table

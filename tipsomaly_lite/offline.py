@@ -24,9 +24,7 @@ MEANINGLESS = (
     "OFFLINE MODE: a tiny TOY model (TIPS: trained for minutes on drawn toy defects; CLIP and\n"
     "SigLIP2: random weights). Every score, map and metric it produces is MEANINGLESS: it says\n"
     "nothing about TIPS or real images, it only shows that the code runs.\n" + "!" * 78)
-#: The same warning as one Markdown line, for result tables.
-MEANINGLESS_MARKDOWN = ("**OFFLINE MODE: a tiny toy model trained on drawn toy defects. These numbers are MEANINGLESS; "
-                        "they say nothing about TIPS and only show that the pipeline runs.**")
+#: Result tables say it in one line naming the family: tipsomaly_lite.eval.report.meaningless_line.
 #: The same warning as a short tag, for figure titles (viz draws titles containing it in red).
 MEANINGLESS_TAG = "OFFLINE TINY TOY MODEL: MEANINGLESS"
 

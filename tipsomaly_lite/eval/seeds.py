@@ -15,7 +15,7 @@ import numpy as np
 
 from tipsomaly_lite.eval.evaluation import EvaluationResult
 from tipsomaly_lite.eval.protocol import METRIC_LABELS, METRICS
-from tipsomaly_lite.offline import MEANINGLESS_MARKDOWN
+from tipsomaly_lite.eval.report import backbone_line, meaningless_line
 
 __all__ = ["seed_statistics", "seeds_table"]
 
@@ -45,9 +45,10 @@ def seeds_table(results: dict[str, Sequence[EvaluationResult]], shots: int, seed
     """
     stats = {key: seed_statistics(runs) for key, runs in results.items()}
     head = ["dataset"] + [METRIC_LABELS[m] for m in METRICS]
-    lines = []
-    if any(r.offline for runs in results.values() for r in runs):
-        lines += [MEANINGLESS_MARKDOWN, ""]
+    configs = [r.config for runs in results.values() for r in runs]
+    offline = [r.config for runs in results.values() for r in runs if r.offline]
+    lines = [meaningless_line(offline[0]), ""] if offline else []
+    lines += sorted({backbone_line(c) for c in configs}) + [""]  # what ran, as in every result table
     lines += [f"{shots}-shot: mean ± std over {len(seeds)} draws of the reference images (seeds "
               f"{', '.join(str(s) for s in seeds)}); mean over classes per dataset, x100.", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
